@@ -1,0 +1,117 @@
+# s4kv build. `make` builds the library, the CLI and the demo; `make test`
+# runs the Criterion suite; `make test SAN=1` runs it under ASan+UBSan;
+# `make demo` runs the main job on Debian's package index; `make bench` runs
+# the benchmark; `make install PREFIX=/usr/local` installs.
+#
+# Dependencies are Debian packages found through pkg-config; `make deps`
+# installs the missing ones when run as root (demo and test depend on it).
+
+PREFIX ?= /usr/local
+CC ?= gcc
+SAN ?= 0
+
+PKGS_LIB := snappy libxxhash
+PKGS_CLI := jansson libcrypto
+DEB_PKGS := pkg-config libsnappy-dev libxxhash-dev libjansson-dev libssl-dev libcriterion-dev
+
+ifeq ($(SAN),1)
+B := build-san
+SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+OPT := -O1
+else
+B := build
+SANFLAGS :=
+OPT := -O2
+endif
+
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS_LIB) $(PKGS_CLI) 2>/dev/null)
+LIB_LIBS = $(shell pkg-config --libs $(PKGS_LIB) 2>/dev/null) -lpthread
+CLI_LIBS = $(shell pkg-config --libs $(PKGS_CLI) 2>/dev/null)
+TEST_LIBS = $(shell pkg-config --libs criterion 2>/dev/null)
+
+CFLAGS_BASE := -std=c11 -D_GNU_SOURCE $(OPT) -g -Wall -Wextra -Wshadow -Wno-unused-parameter \
+	-Wstrict-prototypes -fPIC -Ikv -Iindex -Itools $(SANFLAGS)
+ALL_CFLAGS = $(CFLAGS_BASE) $(PKG_CFLAGS) $(CFLAGS)
+ALL_LDFLAGS = $(SANFLAGS) $(LDFLAGS)
+
+LIB_SRC := $(wildcard index/*.c) $(wildcard kv/*.c)
+CLI_SRC := $(filter-out tools/demo.c,$(wildcard tools/*.c))
+TEST_SRC := $(wildcard tests/*.c)
+BENCH_SRC := $(wildcard bench/*.c)
+
+LIB_OBJ := $(LIB_SRC:%.c=$(B)/obj/%.o)
+CLI_OBJ := $(CLI_SRC:%.c=$(B)/obj/%.o)
+# tools/format.c (import/export codecs) is unit-tested directly
+CLI_LIBOBJ := $(filter-out $(B)/obj/tools/s4kv.o,$(CLI_OBJ))
+TEST_OBJ := $(TEST_SRC:%.c=$(B)/obj/%.o)
+BENCH_OBJ := $(BENCH_SRC:%.c=$(B)/obj/%.o)
+
+.PHONY: all deps test demo bench install clean check-deps
+
+all: $(B)/libs4kv.a $(B)/libs4kv.so $(B)/s4kv $(B)/s4kv-demo $(B)/s4kv.pc
+
+$(B)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -MMD -MP -c $< -o $@
+
+-include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BENCH_OBJ:.o=.d) $(B)/obj/tools/demo.d
+
+$(B)/libs4kv.a: $(LIB_OBJ)
+	@mkdir -p $(B)
+	rm -f $@
+	ar rcs $@ $^
+
+$(B)/libs4kv.so: $(LIB_OBJ)
+	$(CC) -shared -Wl,-soname,libs4kv.so.0 $(ALL_LDFLAGS) -o $@ $^ $(LIB_LIBS)
+
+$(B)/s4kv: $(CLI_OBJ) $(B)/libs4kv.a
+	$(CC) $(ALL_LDFLAGS) -o $@ $(CLI_OBJ) $(B)/libs4kv.a $(CLI_LIBS) $(LIB_LIBS)
+
+$(B)/s4kv-demo: $(B)/obj/tools/demo.o $(B)/libs4kv.a
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIB_LIBS)
+
+$(B)/s4kv-test: $(TEST_OBJ) $(CLI_LIBOBJ) $(B)/libs4kv.a
+	$(CC) $(ALL_LDFLAGS) -o $@ $(TEST_OBJ) $(CLI_LIBOBJ) $(B)/libs4kv.a $(TEST_LIBS) $(CLI_LIBS) $(LIB_LIBS)
+
+$(B)/s4kv-bench: $(BENCH_OBJ) $(B)/libs4kv.a
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIB_LIBS) -lm
+
+$(B)/s4kv.pc: Makefile
+	@mkdir -p $(B)
+	printf 'prefix=%s\nlibdir=$${prefix}/lib\nincludedir=$${prefix}/include\n\nName: s4kv\nDescription: log-structured key-value store\nVersion: 0.1.0\nRequires.private: %s\nLibs: -L$${libdir} -ls4kv\nLibs.private: -lpthread\nCflags: -I$${includedir}\n' \
+		'$(PREFIX)' '$(PKGS_LIB)' > $@
+
+# Installs the Debian packages the build and tests need, when any is missing.
+deps:
+	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "installing:$$missing"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+		else echo "missing Debian packages:$$missing (run 'sudo make deps')" >&2; exit 1; fi; \
+	fi
+
+# The README's test command. S4KV_BIN lets the CLI tests run the binary.
+test: deps
+	$(MAKE) --no-print-directory all $(B)/s4kv-test SAN=$(SAN)
+	S4KV_BIN=$(CURDIR)/$(B)/s4kv ASAN_OPTIONS=detect_leaks=1 $(B)/s4kv-test --jobs 2
+
+demo: deps
+	$(MAKE) --no-print-directory all SAN=$(SAN)
+	S4KV_BIN=$(CURDIR)/$(B)/s4kv ./tools/demo.sh $(CURDIR)/$(B)
+
+bench: deps
+	$(MAKE) --no-print-directory $(B)/s4kv-bench SAN=$(SAN)
+	$(B)/s4kv-bench $(BENCH_ARGS)
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/bin
+	install -m 0644 kv/s4kv.h $(DESTDIR)$(PREFIX)/include/
+	install -m 0644 $(B)/libs4kv.a $(DESTDIR)$(PREFIX)/lib/
+	install -m 0755 $(B)/libs4kv.so $(DESTDIR)$(PREFIX)/lib/libs4kv.so.0
+	ln -sf libs4kv.so.0 $(DESTDIR)$(PREFIX)/lib/libs4kv.so
+	install -m 0644 $(B)/s4kv.pc $(DESTDIR)$(PREFIX)/lib/pkgconfig/
+	install -m 0755 $(B)/s4kv $(DESTDIR)$(PREFIX)/bin/
+
+clean:
+	rm -rf build build-san

@@ -1,0 +1,288 @@
+/*
+ * s4kv.h - the public API of s4kv, a log-structured key-value store.
+ *
+ * Model: Bitcask (Sheehy and Smith, "Bitcask: A Log-Structured Hash Table for
+ * Fast Key/Value Data", Basho 2010). Writes append checksummed records to
+ * segment files; an in-memory hash index (the keydir) maps each live key to
+ * the record that holds its value, so a get is one read. The on-disk format is
+ * specified in kv/FORMAT.md.
+ *
+ * Conventions (as libuv and LevelDB's c.h):
+ *  - Every function that can fail returns 0 on success or a negative S4KV_E*
+ *    code; s4kv_strerror() names the code.
+ *  - Functions that take `char *err, size_t errlen` write a one-line,
+ *    NUL-terminated detail there on failure (which file, offset, key, errno).
+ *    err may be NULL (errlen is then ignored). On success err is untouched.
+ *  - Keys and values are byte strings: binary safe, NUL allowed. Lengths are
+ *    in bytes. Memory passed in is only borrowed for the duration of the call.
+ *  - Memory returned to the caller says in its comment who frees it.
+ *  - A handle (s4kv_db) is thread safe: any number of threads may call
+ *    get/put/delete/write concurrently. Batches and iterators are not shared
+ *    between threads.
+ */
+#ifndef S4KV_H
+#define S4KV_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define S4KV_VERSION_MAJOR 0
+#define S4KV_VERSION_MINOR 1
+#define S4KV_VERSION_PATCH 0
+#define S4KV_VERSION_STRING "0.1.0"
+
+/* ---- Limits (bytes). Larger input gets S4KV_EINVAL, never a truncated write. */
+#define S4KV_MAX_KEY_BYTES   65535u               /* 64 KiB - 1; keys must be >= 1 byte */
+#define S4KV_MAX_VALUE_BYTES (256u * 1024 * 1024) /* 256 MiB; empty values are allowed */
+#define S4KV_MAX_BATCH_BYTES (1024u * 1024 * 1024) /* 1 GiB of encoded records per batch */
+#define S4KV_MAX_BATCH_OPS   (16u * 1024 * 1024)  /* operations in one batch */
+
+/* ---- Error codes (all negative). */
+enum {
+    S4KV_OK = 0,
+    S4KV_ENOTFOUND = -1,  /* key absent (or deleted) */
+    S4KV_EINVAL = -2,     /* bad argument: empty/oversized key or value, bad option */
+    S4KV_EIO = -3,        /* an I/O call failed (the message names the call, file, errno) */
+    S4KV_ECORRUPT = -4,   /* a checksum or structure check failed (message names file, offset) */
+    S4KV_ENOMEM = -5,     /* allocation failed */
+    S4KV_ELOCKED = -6,    /* another process holds the writer lock (message names its pid) */
+    S4KV_ENOSPC = -7,     /* device full (ENOSPC or EDQUOT) */
+    S4KV_EREADONLY = -8,  /* write on a handle opened read-only */
+    S4KV_ENOENT = -9,     /* database directory or file missing (read-only open, remote object) */
+    S4KV_ERANGE = -10,    /* caller's buffer too small (see s4kv_get_into) */
+    S4KV_EVERSION = -11,  /* a file has a format version this build does not read */
+    S4KV_ECLOSED = -12,   /* the handle is closed or in a failed state after an I/O error */
+    S4KV_EREMOTE = -13,   /* the remote read seam (read_range) failed */
+};
+
+/* Returns a static, human-readable name for an error code ("not found", ...).
+ * Never NULL; unknown codes give "unknown error". */
+const char *s4kv_strerror(int code);
+
+/* ---- Durability modes (see README "Durability"). */
+typedef enum {
+    S4KV_SYNC_NONE = 0,     /* write(2) only; the OS decides when data reaches disk.
+                               A process crash loses nothing, a power loss may. */
+    S4KV_SYNC_BATCH = 1,    /* fdatasync before a write is acknowledged. Concurrent
+                               writers are group-committed: one fdatasync covers all
+                               batches queued while the previous one ran. Default. */
+    S4KV_SYNC_INTERVAL = 2, /* a background thread fdatasyncs at most every
+                               sync_interval_ms; a power loss loses at most that
+                               window of acknowledged writes. */
+} s4kv_sync_mode;
+
+/* ---- Remote read seam.
+ * When a segment named by the manifest is not present in the local directory,
+ * the engine reads its bytes through this interface (sync/ implements it with
+ * one ranged S3 GET per call). read_range must fill exactly `len` bytes of
+ * segment `segno` starting at byte `offset`, or fail. Returns 0, or a negative
+ * S4KV_E* code with a message in err. The engine checks every byte it gets by
+ * the record checksum, so a wrong answer is reported as S4KV_ECORRUPT, never
+ * returned as data. Called from any thread that calls s4kv_get. */
+typedef struct s4kv_remote {
+    int (*read_range)(void *ctx, uint32_t segno, uint64_t offset, void *buf,
+                      size_t len, char *err, size_t errlen);
+    void *ctx;
+} s4kv_remote;
+
+/* ---- Progress reporting for long operations (compact, rebuild, verify,
+ * import). done/total are in bytes of segment data processed; total may be 0
+ * when unknown. Called from the calling thread; keep it cheap. */
+typedef void (*s4kv_progress_fn)(void *ctx, const char *phase, uint64_t done,
+                                 uint64_t total);
+
+/* ---- Options. Always initialise with s4kv_options_init, then change fields. */
+typedef struct s4kv_options {
+    int create_if_missing;        /* default 1: mkdir the directory and start an empty db */
+    int read_only;                /* default 0: 1 opens without the writer lock; the handle
+                                     sees a snapshot of the log as of open */
+    s4kv_sync_mode sync_mode;     /* default S4KV_SYNC_BATCH */
+    uint32_t sync_interval_ms;    /* for S4KV_SYNC_INTERVAL; default 1000 ms */
+    uint64_t max_segment_bytes;   /* seal a segment when it would grow past this;
+                                     default 64 MiB, allowed 4 KiB .. 2 GiB */
+    uint64_t checkpoint_bytes;    /* write an index checkpoint after this many bytes of
+                                     log were appended since the last one (and always on
+                                     close); default 256 MiB; 0 = only on close */
+    int compress;                 /* default 1: Snappy-compress values when that makes
+                                     them smaller; 0 stores raw */
+    const s4kv_remote *remote;    /* default NULL: remote read seam for segments that are
+                                     not on local disk (borrowed; must outlive the db) */
+    void (*log)(void *ctx, const char *line); /* default NULL = log to stderr with a
+                                     "s4kv: " prefix; receives one line, no newline */
+    void *log_ctx;
+    s4kv_progress_fn progress;    /* default NULL */
+    void *progress_ctx;
+} s4kv_options;
+
+/* Fills *opt with the defaults listed above. */
+void s4kv_options_init(s4kv_options *opt);
+
+typedef struct s4kv_db s4kv_db;
+
+/* Opens (or creates, with create_if_missing) the database in directory `dir`.
+ * Read-write opens take an exclusive flock on DIR/LOCK; a second writer gets
+ * S4KV_ELOCKED with "locked by pid N". Opening loads the index checkpoint named
+ * by the manifest and replays the log after its position; with no valid
+ * checkpoint it rebuilds the index by replaying every segment (and logs why).
+ * A torn tail of the newest segment (a batch cut short by a crash) is cut back
+ * to the last whole batch, with a log line giving the bytes removed (read-only
+ * opens ignore it instead). On success *out owns the handle; free it with
+ * s4kv_close. Errors: S4KV_EINVAL (bad options), S4KV_ENOENT (missing dir and
+ * !create_if_missing or read_only), S4KV_ELOCKED, S4KV_EIO, S4KV_ECORRUPT (the
+ * manifest is unreadable), S4KV_EVERSION, S4KV_ENOMEM. */
+int s4kv_open(const char *dir, const s4kv_options *opt, s4kv_db **out,
+              char *err, size_t errlen);
+
+/* Flushes (fdatasync in every mode), writes an index checkpoint (read-write
+ * handles), releases the lock and frees the handle. Returns 0 or the first
+ * error met while flushing (the handle is freed either way). NULL is a no-op. */
+int s4kv_close(s4kv_db *db);
+
+/* Stores value under key (one atomic, one-record batch). Errors: S4KV_EINVAL
+ * (klen 0 or > S4KV_MAX_KEY_BYTES, vlen > S4KV_MAX_VALUE_BYTES, NULL pointer
+ * with non-zero length), S4KV_EREADONLY, S4KV_EIO, S4KV_ENOSPC, S4KV_ECLOSED,
+ * S4KV_ENOMEM. When a write fails, nothing acknowledged before is lost, and
+ * the handle refuses further writes (S4KV_ECLOSED) until reopened if the
+ * failure left the log tail uncertain. */
+int s4kv_put(s4kv_db *db, const void *key, size_t klen, const void *val,
+             size_t vlen, char *err, size_t errlen);
+
+/* Writes a tombstone for key. Deleting an absent key succeeds and writes
+ * nothing. Errors as s4kv_put. */
+int s4kv_delete(s4kv_db *db, const void *key, size_t klen, char *err,
+                size_t errlen);
+
+/* Looks key up. On success *val is a malloc'd buffer of *vlen bytes (plus one
+ * NUL byte past the end, not counted, for convenience) that the caller frees
+ * with s4kv_free. Errors: S4KV_ENOTFOUND, S4KV_EINVAL, S4KV_ECORRUPT (record
+ * checksum, key mismatch or decompression failure; the message names the
+ * segment and offset), S4KV_EIO, S4KV_EREMOTE, S4KV_ENOMEM. */
+int s4kv_get(s4kv_db *db, const void *key, size_t klen, void **val,
+             size_t *vlen, char *err, size_t errlen);
+
+/* Like s4kv_get, into a caller-owned buffer of cap bytes. *vlen always gets the
+ * value's length when the key exists; if cap < *vlen it returns S4KV_ERANGE
+ * and buf is unspecified. */
+int s4kv_get_into(s4kv_db *db, const void *key, size_t klen, void *buf,
+                  size_t cap, size_t *vlen, char *err, size_t errlen);
+
+/* Frees memory returned by s4kv_get, s4kv_iter_* copies, and s4kv_stats_json. */
+void s4kv_free(void *p);
+
+/* ---- Write batches: many puts and deletes committed atomically (recovery
+ * applies a batch whole or not at all). Later operations on the same key in
+ * one batch win. A batch copies the bytes given to it. */
+typedef struct s4kv_batch s4kv_batch;
+
+/* Returns a new empty batch, or NULL when out of memory. Free with
+ * s4kv_batch_free. */
+s4kv_batch *s4kv_batch_new(void);
+/* Adds a put / a delete. Errors: S4KV_EINVAL (limits as s4kv_put, or the batch
+ * would exceed S4KV_MAX_BATCH_BYTES / S4KV_MAX_BATCH_OPS), S4KV_ENOMEM. */
+int s4kv_batch_put(s4kv_batch *b, const void *key, size_t klen, const void *val,
+                   size_t vlen);
+int s4kv_batch_delete(s4kv_batch *b, const void *key, size_t klen);
+/* Number of operations added since creation or the last clear. */
+size_t s4kv_batch_count(const s4kv_batch *b);
+/* Empties the batch for reuse (keeps its memory). */
+void s4kv_batch_clear(s4kv_batch *b);
+void s4kv_batch_free(s4kv_batch *b);
+/* Commits the batch atomically. An empty batch is a no-op. Deletes of keys
+ * that are absent (and not put earlier in the batch) are dropped. Errors as
+ * s4kv_put. The batch is left unchanged (clear it to reuse). */
+int s4kv_write(s4kv_db *db, s4kv_batch *b, char *err, size_t errlen);
+
+/* ---- Iteration over live keys.
+ * An iterator sees a snapshot of the key set taken when it is created; values
+ * are read as the iterator advances (a value overwritten after creation may
+ * show its newer bytes; a key deleted after creation is skipped). Order is by
+ * key bytes (memcmp, shorter first on a tie) when S4KV_ITER_SORTED is given,
+ * otherwise unspecified. */
+#define S4KV_ITER_SORTED 1u
+#define S4KV_ITER_KEYS_ONLY 2u /* do not read values: s4kv_iter_value is empty */
+
+typedef struct s4kv_iter s4kv_iter;
+
+/* Creates an iterator over live keys starting with prefix (plen 0 = all).
+ * Errors: S4KV_ENOMEM, S4KV_ECLOSED. Free with s4kv_iter_free. */
+int s4kv_iter_new(s4kv_db *db, const void *prefix, size_t plen, unsigned flags,
+                  s4kv_iter **out, char *err, size_t errlen);
+/* Advances to the next key. Returns 1 when positioned on a key, 0 at the end,
+ * or a negative error (S4KV_ECORRUPT, S4KV_EIO, ...) reading its value; after
+ * an error the iterator may be advanced again to skip that key. */
+int s4kv_iter_next(s4kv_iter *it, char *err, size_t errlen);
+/* The current key / value. Pointers stay valid until the next call to
+ * s4kv_iter_next or s4kv_iter_free; the iterator owns them. */
+const void *s4kv_iter_key(const s4kv_iter *it, size_t *klen);
+const void *s4kv_iter_value(const s4kv_iter *it, size_t *vlen);
+void s4kv_iter_free(s4kv_iter *it);
+
+/* ---- Maintenance. */
+
+/* Rewrites every live record into new segments, dropping stale values and
+ * tombstones, then writes a checkpoint and commits a new manifest, and only
+ * then unlinks the old segments. Writers wait while it runs (offline
+ * compaction). A crash at any point leaves either the old or the new database,
+ * complete. Reports progress through options.progress. Errors: S4KV_EREADONLY,
+ * S4KV_EIO, S4KV_ENOSPC, S4KV_ECORRUPT (a live record failed its checksum: the
+ * compaction is abandoned and nothing is changed), S4KV_ENOMEM. */
+int s4kv_compact(s4kv_db *db, char *err, size_t errlen);
+
+/* Discards the in-memory index and rebuilds it by replaying every segment in
+ * manifest order, then writes a fresh checkpoint. Errors: S4KV_EREADONLY
+ * (for the checkpoint; a read-only handle rebuilds in memory and returns 0),
+ * S4KV_EIO, S4KV_ENOMEM. */
+int s4kv_rebuild_index(s4kv_db *db, char *err, size_t errlen);
+
+/* Result of s4kv_verify. */
+typedef struct s4kv_verify_report {
+    uint64_t segments;         /* segment files read */
+    uint64_t bytes;            /* segment bytes read */
+    uint64_t batches;          /* whole batches found */
+    uint64_t records;          /* records whose checksum matched */
+    uint64_t bad_records;      /* records or batch frames that failed a check */
+    uint64_t index_mismatches; /* keys where the index and a replay of the log disagree */
+    uint64_t keys;             /* live keys according to the replay */
+} s4kv_verify_report;
+
+/* Reads every segment, checks every batch frame and record checksum, replays
+ * the log into a fresh index and compares it with the live index key by key.
+ * Each problem is logged (one line naming the segment and offset, or the key).
+ * Returns 0 when everything agrees, S4KV_ECORRUPT when anything failed (the
+ * report says what), or S4KV_EIO / S4KV_ENOMEM. report may be NULL. */
+int s4kv_verify(s4kv_db *db, s4kv_verify_report *report, char *err,
+                size_t errlen);
+
+/* Counters. Sizes in bytes. */
+typedef struct s4kv_stats {
+    uint64_t keys;            /* live keys */
+    uint64_t live_bytes;      /* bytes of records the index points at */
+    uint64_t garbage_bytes;   /* segment data bytes that are not live (stale records,
+                                 tombstones, headers) */
+    uint64_t segment_bytes;   /* total size of all segments */
+    uint64_t segments;        /* number of segments */
+    uint64_t index_bytes;     /* memory held by the index (table + key arena) */
+    uint64_t next_seq;        /* sequence number the next record will get */
+    uint64_t generation;      /* manifest generation */
+    uint32_t active_segment;  /* number of the segment being appended to */
+} s4kv_stats;
+
+/* Fills *st. Never fails on an open handle (returns S4KV_ECLOSED otherwise). */
+int s4kv_stats_get(s4kv_db *db, s4kv_stats *st);
+
+/* Forces an fdatasync of the active segment (any durability mode).
+ * Errors: S4KV_EIO, S4KV_ECLOSED. */
+int s4kv_sync(s4kv_db *db, char *err, size_t errlen);
+
+/* Writes an index checkpoint now and commits it in a new manifest.
+ * Errors: S4KV_EREADONLY, S4KV_EIO, S4KV_ENOSPC, S4KV_ENOMEM. */
+int s4kv_checkpoint(s4kv_db *db, char *err, size_t errlen);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* S4KV_H */

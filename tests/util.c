@@ -1,0 +1,214 @@
+/*
+ * util.c - test helpers (see util.h). Plain POSIX; no Criterion calls except
+ * cr_assert_fail on setup failures that make a test meaningless.
+ */
+#include "util.h"
+
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+char *tu_tmpdir(const char *tag)
+{
+    const char *base = getenv("TMPDIR");
+    if (!base || !*base)
+        base = "/tmp";
+    size_t n = strlen(base) + strlen(tag) + 32;
+    char *p = malloc(n);
+    if (!p)
+        cr_assert_fail("out of memory");
+    snprintf(p, n, "%s/s4kv-test-%s-XXXXXX", base, tag);
+    if (!mkdtemp(p))
+        cr_assert_fail("mkdtemp %s: %s", p, strerror(errno));
+    return p;
+}
+
+static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st; (void)flag; (void)ftw;
+    return remove(path);
+}
+
+void tu_rmtree_free(char *path)
+{
+    if (!path)
+        return;
+    nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    free(path);
+}
+
+uint8_t *tu_read_file(const char *path, size_t *len)
+{
+    int fd = open(path, O_RDONLY);
+    if (fd < 0)
+        return NULL;
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        close(fd);
+        return NULL;
+    }
+    uint8_t *buf = malloc((size_t)st.st_size + 1);
+    size_t got = 0;
+    while (buf && got < (size_t)st.st_size) {
+        ssize_t r = read(fd, buf + got, (size_t)st.st_size - got);
+        if (r <= 0) {
+            free(buf);
+            buf = NULL;
+            break;
+        }
+        got += (size_t)r;
+    }
+    close(fd);
+    if (buf) {
+        buf[got] = 0;
+        *len = got;
+    }
+    return buf;
+}
+
+int tu_write_file(const char *path, const void *buf, size_t len)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0)
+        return -1;
+    const uint8_t *p = buf;
+    while (len > 0) {
+        ssize_t w = write(fd, p, len);
+        if (w <= 0) {
+            close(fd);
+            return -1;
+        }
+        p += w;
+        len -= (size_t)w;
+    }
+    return close(fd);
+}
+
+const char *tu_s4kv_bin(void)
+{
+    const char *b = getenv("S4KV_BIN");
+    return (b && *b) ? b : "build/s4kv";
+}
+
+static int append(char **buf, size_t *len, size_t *cap, const char *src, size_t n)
+{
+    if (*len + n + 1 > *cap) {
+        size_t nc = (*cap ? *cap * 2 : 4096);
+        while (nc < *len + n + 1)
+            nc *= 2;
+        char *nb = realloc(*buf, nc);
+        if (!nb)
+            return -1;
+        *buf = nb;
+        *cap = nc;
+    }
+    memcpy(*buf + *len, src, n);
+    *len += n;
+    (*buf)[*len] = 0;
+    return 0;
+}
+
+int tu_run(char *const argv[], const void *in, size_t inlen, char **out,
+           size_t *outlen, char **errout)
+{
+    int pin[2], pout[2], perr[2];
+    if (pipe(pin) || pipe(pout) || pipe(perr))
+        cr_assert_fail("pipe: %s", strerror(errno));
+    pid_t pid = fork();
+    if (pid < 0)
+        cr_assert_fail("fork: %s", strerror(errno));
+    if (pid == 0) {
+        dup2(pin[0], 0);
+        dup2(pout[1], 1);
+        dup2(perr[1], 2);
+        close(pin[0]); close(pin[1]); close(pout[0]); close(pout[1]);
+        close(perr[0]); close(perr[1]);
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    close(pin[0]);
+    close(pout[1]);
+    close(perr[1]);
+    signal(SIGPIPE, SIG_IGN);
+    char *ob = NULL, *eb = NULL;
+    size_t ol = 0, oc = 0, el = 0, ec = 0, inoff = 0;
+    append(&ob, &ol, &oc, "", 0);
+    append(&eb, &el, &ec, "", 0);
+    int in_open = 1, out_open = 1, err_open = 1;
+    if (inlen == 0) {
+        close(pin[1]);
+        in_open = 0;
+    }
+    while (out_open || err_open) {
+        struct pollfd fds[3];
+        int n = 0, iin = -1, iout = -1, ierr = -1;
+        if (in_open) { fds[n].fd = pin[1]; fds[n].events = POLLOUT; iin = n++; }
+        if (out_open) { fds[n].fd = pout[0]; fds[n].events = POLLIN; iout = n++; }
+        if (err_open) { fds[n].fd = perr[0]; fds[n].events = POLLIN; ierr = n++; }
+        if (poll(fds, (nfds_t)n, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        char tmp[65536];
+        if (iin >= 0 && fds[iin].revents) {
+            ssize_t w = write(pin[1], (const char *)in + inoff, inlen - inoff);
+            if (w > 0)
+                inoff += (size_t)w;
+            if (w < 0 || inoff == inlen) {
+                close(pin[1]);
+                in_open = 0;
+            }
+        }
+        if (iout >= 0 && fds[iout].revents) {
+            ssize_t r = read(pout[0], tmp, sizeof tmp);
+            if (r > 0)
+                append(&ob, &ol, &oc, tmp, (size_t)r);
+            else {
+                close(pout[0]);
+                out_open = 0;
+            }
+        }
+        if (ierr >= 0 && fds[ierr].revents) {
+            ssize_t r = read(perr[0], tmp, sizeof tmp);
+            if (r > 0)
+                append(&eb, &el, &ec, tmp, (size_t)r);
+            else {
+                close(perr[0]);
+                err_open = 0;
+            }
+        }
+    }
+    if (in_open)
+        close(pin[1]);
+    int st = 0;
+    waitpid(pid, &st, 0);
+    if (out)
+        *out = ob;
+    else
+        free(ob);
+    if (outlen)
+        *outlen = ol;
+    if (errout)
+        *errout = eb;
+    else
+        free(eb);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+uint64_t tu_rand(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
