@@ -188,12 +188,15 @@ int s4kv_batch_put(s4kv_batch *b, const void *key, size_t klen, const void *val,
 int s4kv_batch_delete(s4kv_batch *b, const void *key, size_t klen);
 /* Number of operations added since creation or the last clear. */
 size_t s4kv_batch_count(const s4kv_batch *b);
+/* Whether s4kv_batch_put Snappy-compresses values (when that makes them
+ * smaller). Default 1; options.compress plays this role for s4kv_put. */
+void s4kv_batch_set_compress(s4kv_batch *b, int on);
 /* Empties the batch for reuse (keeps its memory). */
 void s4kv_batch_clear(s4kv_batch *b);
 void s4kv_batch_free(s4kv_batch *b);
-/* Commits the batch atomically. An empty batch is a no-op. Deletes of keys
- * that are absent (and not put earlier in the batch) are dropped. Errors as
- * s4kv_put. The batch is left unchanged (clear it to reuse). */
+/* Commits the batch atomically. An empty batch is a no-op. A delete of an
+ * absent key is written as a tombstone (harmless; compaction drops it).
+ * Errors as s4kv_put. The batch is left unchanged (clear it to reuse). */
 int s4kv_write(s4kv_db *db, s4kv_batch *b, char *err, size_t errlen);
 
 /* ---- Iteration over live keys.

@@ -1,0 +1,1343 @@
+/*
+ * db.c - the database handle: open and recovery, the write path with group
+ * commit, get, iterators, rotation, checkpoints, stats, close.
+ *
+ * Invariants:
+ *  - Only the writer at the head of the queue (qmu) appends to the log,
+ *    rotates, checkpoints or compacts; it mutates the keydir and segment
+ *    table only while holding rw for writing, after its bytes are written
+ *    (and fdatasynced in S4KV_SYNC_BATCH mode). So a reader never sees a
+ *    value that is not in the log, and an acknowledged write is in the log.
+ *  - A segment is named by the manifest before any batch is appended to it.
+ *  - The keydir maps every live key to a whole, checksummed put record.
+ */
+#include "internal.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <snappy-c.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define GROUP_MAX_BYTES (4u << 20)
+
+struct writer {
+    s4kv_batch *b;     /* NULL for an exclusive (maintenance) entry */
+    int done, rc;
+    char msg[512];
+    pthread_cond_t cv;
+    writer *next;
+};
+
+/* ---- Small helpers */
+
+int seterr(char *err, size_t errlen, int code, const char *fmt, ...)
+{
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}
+
+int errno_code(int neg)
+{
+    switch (-neg) {
+    case ENOSPC:
+    case EDQUOT: return S4KV_ENOSPC;
+    case ENOENT: return S4KV_ENOENT;
+    case ENOMEM: return S4KV_ENOMEM;
+    default: return S4KV_EIO;
+    }
+}
+
+void db_log(s4kv_db *db, const char *fmt, ...)
+{
+    char line[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    if (db->opt.log)
+        db->opt.log(db->opt.log_ctx, line);
+    else
+        fprintf(stderr, "s4kv: %s\n", line);
+}
+
+void db_progress(s4kv_db *db, const char *phase, uint64_t done, uint64_t total)
+{
+    if (db->opt.progress)
+        db->opt.progress(db->opt.progress_ctx, phase, done, total);
+}
+
+void seg_path(const s4kv_db *db, uint32_t no, char *buf, size_t cap)
+{
+    snprintf(buf, cap, "%s/data_%06" PRIu32 ".s4kv", db->dir, no);
+}
+
+segment *db_seg(const s4kv_db *db, uint32_t no)
+{
+    return no < db->nbyno ? db->byno[no] : NULL;
+}
+
+/* Printable form of a key for messages: at most 64 bytes, \xNN escapes. */
+static const char *key_str(const void *key, size_t klen, char *buf, size_t cap)
+{
+    const uint8_t *k = key;
+    size_t o = 0;
+    for (size_t i = 0; i < klen && o + 8 < cap; i++) {
+        if (i == 64) {
+            o += (size_t)snprintf(buf + o, cap - o, "...");
+            break;
+        }
+        if (k[i] >= 0x20 && k[i] < 0x7f && k[i] != '\'' && k[i] != '\\')
+            buf[o++] = (char)k[i];
+        else
+            o += (size_t)snprintf(buf + o, cap - o, "\\x%02x", k[i]);
+    }
+    buf[o] = 0;
+    return buf;
+}
+
+int seg_read(s4kv_db *db, const segment *s, uint64_t off, void *buf, size_t len, char *err,
+             size_t errlen)
+{
+    if (s->fd >= 0) {
+        ssize_t r = db->v->pread(db->v, s->fd, buf, len, off);
+        if (r < 0)
+            return seterr(err, errlen, errno_code((int)r), "read data_%06u.s4kv at offset %" PRIu64
+                          ": %s", s->no, off, strerror((int)-r));
+        if ((size_t)r != len)
+            return seterr(err, errlen, S4KV_ECORRUPT,
+                          "data_%06u.s4kv: %zu bytes at offset %" PRIu64 " past end of file",
+                          s->no, len, off);
+        return 0;
+    }
+    if (!db->opt.remote || !db->opt.remote->read_range)
+        return seterr(err, errlen, S4KV_ENOENT, "data_%06u.s4kv is not on local disk", s->no);
+    int rc = db->opt.remote->read_range(db->opt.remote->ctx, s->no, off, buf, len, err, errlen);
+    return rc == 0 ? 0 : (rc < 0 ? rc : S4KV_EREMOTE);
+}
+
+void s4kv_options_init(s4kv_options *o)
+{
+    memset(o, 0, sizeof *o);
+    o->create_if_missing = 1;
+    o->sync_mode = S4KV_SYNC_BATCH;
+    o->sync_interval_ms = 1000;
+    o->max_segment_bytes = 64ull << 20;
+    o->checkpoint_bytes = 256ull << 20;
+    o->compress = 1;
+}
+
+/* ---- Segment table */
+
+static segment *seg_new(uint32_t no)
+{
+    segment *s = calloc(1, sizeof *s);
+    if (s) {
+        s->no = no;
+        s->fd = -1;
+    }
+    return s;
+}
+
+/* Appends s to the table (manifest order) and indexes it by number. */
+static int table_add(s4kv_db *db, segment *s)
+{
+    if (db->nsegs == db->capsegs) {
+        size_t nc = db->capsegs ? db->capsegs * 2 : 16;
+        segment **ns = realloc(db->segs, nc * sizeof *ns);
+        if (!ns)
+            return -1;
+        db->segs = ns;
+        db->capsegs = nc;
+    }
+    if (s->no >= db->nbyno) {
+        size_t nn = (size_t)s->no * 2 + 16;
+        segment **nb = realloc(db->byno, nn * sizeof *nb);
+        if (!nb)
+            return -1;
+        memset(nb + db->nbyno, 0, (nn - db->nbyno) * sizeof *nb);
+        db->byno = nb;
+        db->nbyno = nn;
+    }
+    db->segs[db->nsegs++] = s;
+    db->byno[s->no] = s;
+    return 0;
+}
+
+static segment *active_seg(const s4kv_db *db) { return db->segs[db->nsegs - 1]; }
+
+void db_recount_live(s4kv_db *db)
+{
+    for (size_t i = 0; i < db->nsegs; i++)
+        db->segs[i]->live = 0;
+    size_t pos = 0;
+    const void *k;
+    size_t kl;
+    keydir_loc loc;
+    while (keydir_next(db->kd, &pos, &k, &kl, &loc)) {
+        segment *s = db_seg(db, loc.seg);
+        if (s)
+            s->live += loc.len;
+    }
+}
+
+/* ---- Writer queue */
+
+static void q_wait_head(s4kv_db *db, writer *w)
+{
+    pthread_cond_init(&w->cv, NULL);
+    w->next = NULL;
+    w->done = 0;
+    pthread_mutex_lock(&db->qmu);
+    if (db->qtail)
+        db->qtail->next = w;
+    else
+        db->qhead = w;
+    db->qtail = w;
+    while (!w->done && db->qhead != w)
+        pthread_cond_wait(&w->cv, &db->qmu);
+    pthread_mutex_unlock(&db->qmu);
+}
+
+/* Pops the writers from the head through `last`, waking each with its rc. */
+static void q_pop(s4kv_db *db, writer *self, writer *last, int rc, const char *msg)
+{
+    pthread_mutex_lock(&db->qmu);
+    writer *w = db->qhead;
+    for (;;) {
+        writer *next = w->next;
+        if (w != self) {
+            w->rc = rc;
+            if (rc && msg)
+                snprintf(w->msg, sizeof w->msg, "%s", msg);
+            w->done = 1;
+            pthread_cond_signal(&w->cv);
+        }
+        if (w == last) {
+            db->qhead = next;
+            break;
+        }
+        w = next;
+    }
+    if (!db->qhead)
+        db->qtail = NULL;
+    else
+        pthread_cond_signal(&db->qhead->cv);
+    pthread_mutex_unlock(&db->qmu);
+}
+
+static __thread writer *excl_self;
+
+int db_exclusive_begin(s4kv_db *db)
+{
+    writer *w = calloc(1, sizeof *w);
+    if (!w)
+        return S4KV_ENOMEM;
+    q_wait_head(db, w);
+    excl_self = w;
+    return 0;
+}
+
+void db_exclusive_end(s4kv_db *db)
+{
+    writer *w = excl_self;
+    excl_self = NULL;
+    q_pop(db, w, w, 0, NULL);
+    pthread_cond_destroy(&w->cv);
+    free(w);
+}
+
+/* ---- Rotation and checkpoints (caller is the exclusive head) */
+
+static int sync_active(s4kv_db *db, char *err, size_t errlen)
+{
+    segment *a = active_seg(db);
+    int rc = db->v->fdatasync(db->v, a->fd);
+    if (rc != 0) {
+        db->failed = 1;
+        return seterr(err, errlen, errno_code(rc), "fdatasync data_%06u.s4kv: %s", a->no,
+                      strerror(-rc));
+    }
+    db->unsynced = 0;
+    return 0;
+}
+
+/* Creates segment `no` with its header, fdatasynced. Returns fd or error. */
+static int seg_create(s4kv_db *db, uint32_t no, char *err, size_t errlen)
+{
+    char path[4096];
+    seg_path(db, no, path, sizeof path);
+    int fd = db->v->open(db->v, path, O_RDWR | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0)
+        return seterr(err, errlen, errno_code(fd), "create %s: %s", path, strerror(-fd));
+    uint8_t hdr[SEG_HDR];
+    seg_hdr_write(hdr, no);
+    ssize_t w = db->v->pwrite(db->v, fd, hdr, SEG_HDR, 0);
+    int rc = w < 0 ? (int)w : db->v->fdatasync(db->v, fd);
+    if (rc != 0) {
+        db->v->close(db->v, fd);
+        db->v->unlink(db->v, path);
+        return seterr(err, errlen, errno_code(rc), "write header of %s: %s", path, strerror(-rc));
+    }
+    return fd;
+}
+
+int db_rotate(s4kv_db *db, char *err, size_t errlen)
+{
+    segment *old = active_seg(db);
+    int rc = sync_active(db, err, errlen);
+    if (rc)
+        return rc;
+    uint32_t no = db->next_segment;
+    segment *s = seg_new(no);
+    if (!s)
+        return seterr(err, errlen, S4KV_ENOMEM, "out of memory");
+    int fd = seg_create(db, no, err, errlen);
+    if (fd < 0) {
+        free(s);
+        return fd;
+    }
+    s->fd = fd;
+    s->size = SEG_HDR;
+    pthread_rwlock_wrlock(&db->rw);
+    rc = table_add(db, s);
+    if (rc == 0) {
+        old->sealed = 1;
+        db->next_segment++;
+    }
+    pthread_rwlock_unlock(&db->rw);
+    if (rc == 0)
+        rc = manifest_commit(db, err, errlen);
+    else
+        rc = seterr(err, errlen, S4KV_ENOMEM, "out of memory");
+    if (rc != 0) {
+        char path[4096];
+        seg_path(db, no, path, sizeof path);
+        pthread_rwlock_wrlock(&db->rw);
+        if (db->nsegs && db->segs[db->nsegs - 1] == s) {
+            db->nsegs--;
+            db->byno[no] = NULL;
+            old->sealed = 0;
+            db->next_segment = no;
+        }
+        pthread_rwlock_unlock(&db->rw);
+        db->v->close(db->v, fd);
+        if (!db->failed)
+            db->v->unlink(db->v, path);
+        free(s);
+    }
+    return rc;
+}
+
+int db_checkpoint_locked(s4kv_db *db, char *err, size_t errlen)
+{
+    int rc = sync_active(db, err, errlen);
+    if (rc)
+        return rc;
+    segment *a = active_seg(db);
+    ckpt_header h = {.generation = db->generation + 1, .pos_seg = a->no, .pos_off = a->size,
+                     .next_seq = db->next_seq};
+    uint8_t *buf;
+    size_t len;
+    if (ckpt_encode(db->kd, &h, &buf, &len) != 0)
+        return seterr(err, errlen, S4KV_ENOMEM, "out of memory encoding the checkpoint");
+    char name[64], path[4096];
+    snprintf(name, sizeof name, "index_%06" PRIu64 ".s4ki", h.generation);
+    snprintf(path, sizeof path, "%s/%s", db->dir, name);
+    rc = file_write_atomic(db, path, buf, len, err, errlen);
+    free(buf);
+    if (rc)
+        return rc;
+    char *old = db->ckpt_name;
+    db->ckpt_name = strdup(name);
+    if (!db->ckpt_name) {
+        db->ckpt_name = old;
+        db->v->unlink(db->v, path);
+        return seterr(err, errlen, S4KV_ENOMEM, "out of memory");
+    }
+    rc = manifest_commit(db, err, errlen);
+    if (rc) {
+        free(db->ckpt_name);
+        db->ckpt_name = old;
+        if (!db->failed)
+            db->v->unlink(db->v, path);
+        return rc;
+    }
+    if (old && strcmp(old, name) != 0) {
+        snprintf(path, sizeof path, "%s/%s", db->dir, old);
+        db->v->unlink(db->v, path);
+    }
+    free(old);
+    db->since_ckpt = 0;
+    return 0;
+}
+
+/* ---- Write path */
+
+static void apply_batch(s4kv_db *db, const s4kv_batch *b, segment *a, uint64_t base, int *oom)
+{
+    const uint8_t *p = b->buf + BATCH_HDR, *end = b->buf + b->len;
+    uint64_t off = base + BATCH_HDR;
+    while (p < end) {
+        uint32_t klen = get_u32(p + 20);
+        uint32_t len = REC_HDR + klen + get_u32(p + 24);
+        keydir_loc loc = {a->no, (uint32_t)off, len}, old;
+        int r;
+        if (p[16] == REC_PUT) {
+            r = keydir_put(db->kd, p + REC_HDR, klen, loc, &old);
+            if (r < 0)
+                *oom = 1;
+            else
+                a->live += len;
+        } else {
+            r = keydir_del(db->kd, p + REC_HDR, klen, &old);
+        }
+        if (r == 1) {
+            segment *os = db_seg(db, old.seg);
+            if (os)
+                os->live -= old.len;
+        }
+        p += len;
+        off += len;
+    }
+}
+
+/* Appends the batches of writers head..last as one write. Caller is head. */
+static int append_group(s4kv_db *db, writer *head, writer *last, char *err, size_t errlen)
+{
+    if (db->failed)
+        return seterr(err, errlen, S4KV_ECLOSED,
+                      "an earlier write or sync failed; reopen the database");
+    uint64_t seq = db->next_seq, total = 0;
+    int n = 0;
+    for (writer *w = head;; w = w->next) {
+        batch_seal(w->b, &seq);
+        total += w->b->len;
+        n++;
+        if (w == last)
+            break;
+    }
+    segment *a = active_seg(db);
+    if (a->size + total > db->opt.max_segment_bytes && a->size > SEG_HDR) {
+        int rc = db_rotate(db, err, errlen);
+        if (rc)
+            return rc;
+        a = active_seg(db);
+    }
+    if (a->size + total > UINT32_MAX)
+        return seterr(err, errlen, S4KV_EINVAL, "batch of %" PRIu64 " bytes does not fit a segment",
+                      total);
+    const uint8_t *buf = head->b->buf;
+    if (n > 1) {
+        if (db->gcap < total) {
+            uint8_t *nb = realloc(db->gbuf, total);
+            if (!nb)
+                return seterr(err, errlen, S4KV_ENOMEM, "out of memory");
+            db->gbuf = nb;
+            db->gcap = total;
+        }
+        size_t o = 0;
+        for (writer *w = head;; w = w->next) {
+            memcpy(db->gbuf + o, w->b->buf, w->b->len);
+            o += w->b->len;
+            if (w == last)
+                break;
+        }
+        buf = db->gbuf;
+    }
+    uint64_t off = a->size;
+    ssize_t wr = db->v->pwrite(db->v, a->fd, buf, total, off);
+    if (wr < 0) {
+        /* Cut off whatever part reached the file; if even that fails the
+         * tail is uncertain and the handle stops taking writes. */
+        if (db->v->ftruncate(db->v, a->fd, off) != 0)
+            db->failed = 1;
+        return seterr(err, errlen, errno_code((int)wr), "write data_%06u.s4kv at offset %" PRIu64
+                      ": %s", a->no, off, strerror((int)-wr));
+    }
+    if (db->opt.sync_mode == S4KV_SYNC_BATCH) {
+        int rc = db->v->fdatasync(db->v, a->fd);
+        if (rc != 0) {
+            /* After a failed fsync the page cache cannot be trusted
+             * (Linux may have dropped the dirty pages): refuse writes
+             * until reopen, which replays what really is on disk. */
+            db->failed = 1;
+            db->v->ftruncate(db->v, a->fd, off);
+            return seterr(err, errlen, errno_code(rc), "fdatasync data_%06u.s4kv: %s", a->no,
+                          strerror(-rc));
+        }
+    } else {
+        db->unsynced += total;
+    }
+    int oom = 0;
+    pthread_rwlock_wrlock(&db->rw);
+    uint64_t base = off;
+    for (writer *w = head;; w = w->next) {
+        apply_batch(db, w->b, a, base, &oom);
+        base += w->b->len;
+        if (w == last)
+            break;
+    }
+    a->size += total;
+    db->next_seq = seq;
+    db->since_ckpt += total;
+    pthread_rwlock_unlock(&db->rw);
+    if (oom) {
+        db->failed = 1;
+        return seterr(err, errlen, S4KV_ENOMEM,
+                      "out of memory updating the index (the write is in the log; reopen)");
+    }
+    if (db->opt.checkpoint_bytes && db->since_ckpt >= db->opt.checkpoint_bytes) {
+        char e2[512];
+        if (db_checkpoint_locked(db, e2, sizeof e2) != 0)
+            db_log(db, "checkpoint failed (will retry): %s", e2);
+    }
+    return 0;
+}
+
+static int commit(s4kv_db *db, s4kv_batch *b, char *err, size_t errlen)
+{
+    if (db->read_only)
+        return seterr(err, errlen, S4KV_EREADONLY, "%s is open read-only", db->dir);
+    writer w = {.b = b};
+    q_wait_head(db, &w);
+    if (w.done) {
+        pthread_cond_destroy(&w.cv);
+        if (w.rc)
+            seterr(err, errlen, w.rc, "%s", w.msg);
+        return w.rc;
+    }
+    /* Leader: take the queued batches behind us, up to a size bound. */
+    pthread_mutex_lock(&db->qmu);
+    writer *last = &w;
+    uint64_t total = b->len;
+    while (last->next && last->next->b && total + last->next->b->len <= GROUP_MAX_BYTES) {
+        last = last->next;
+        total += last->b->len;
+    }
+    pthread_mutex_unlock(&db->qmu);
+    char msg[512] = "";
+    int rc = append_group(db, &w, last, msg, sizeof msg);
+    q_pop(db, &w, last, rc, msg);
+    pthread_cond_destroy(&w.cv);
+    if (rc)
+        seterr(err, errlen, rc, "%s", msg);
+    return rc;
+}
+
+int s4kv_write(s4kv_db *db, s4kv_batch *b, char *err, size_t errlen)
+{
+    if (!db || !b)
+        return seterr(err, errlen, S4KV_EINVAL, "NULL handle or batch");
+    if (b->count == 0)
+        return 0;
+    return commit(db, b, err, errlen);
+}
+
+static int one(s4kv_db *db, int type, const void *key, size_t klen, const void *val,
+               size_t vlen, char *err, size_t errlen)
+{
+    if (!db)
+        return seterr(err, errlen, S4KV_EINVAL, "NULL handle");
+    uint8_t stackbuf[4096];
+    s4kv_batch b = {.buf = stackbuf, .cap = sizeof stackbuf, .len = BATCH_HDR};
+    int rc = batch_add(&b, type, key, klen, val, vlen, db->opt.compress);
+    if (rc == 0)
+        rc = commit(db, &b, err, errlen);
+    else if (rc == S4KV_EINVAL)
+        seterr(err, errlen, rc, "key of %zu bytes (allowed 1..%u) or value of %zu bytes "
+               "(allowed 0..%u)", klen, S4KV_MAX_KEY_BYTES, vlen, S4KV_MAX_VALUE_BYTES);
+    else
+        seterr(err, errlen, rc, "out of memory");
+    if (b.buf != stackbuf)
+        free(b.buf);
+    free(b.scratch);
+    return rc;
+}
+
+int s4kv_put(s4kv_db *db, const void *key, size_t klen, const void *val, size_t vlen,
+             char *err, size_t errlen)
+{
+    return one(db, REC_PUT, key, klen, val, vlen, err, errlen);
+}
+
+int s4kv_delete(s4kv_db *db, const void *key, size_t klen, char *err, size_t errlen)
+{
+    if (db && key && klen && klen <= S4KV_MAX_KEY_BYTES) {
+        keydir_loc loc;
+        pthread_rwlock_rdlock(&db->rw);
+        int present = keydir_get(db->kd, key, klen, &loc);
+        pthread_rwlock_unlock(&db->rw);
+        if (!present)
+            return 0;
+    }
+    return one(db, REC_DEL, key, klen, NULL, 0, err, errlen);
+}
+
+/* ---- Reads */
+
+/* Reads and checks the record of key; on success *rec is a malloc'd buffer
+ * holding the record and *r points into it. */
+static int read_record(s4kv_db *db, const void *key, size_t klen, uint8_t **rec, rec_view *r,
+                       char *err, size_t errlen)
+{
+    char kb[300];
+    if (!db || !key || klen == 0 || klen > S4KV_MAX_KEY_BYTES)
+        return seterr(err, errlen, S4KV_EINVAL, "key of %zu bytes (allowed 1..%u)", klen,
+                      S4KV_MAX_KEY_BYTES);
+    keydir_loc loc;
+    pthread_rwlock_rdlock(&db->rw);
+    if (!keydir_get(db->kd, key, klen, &loc)) {
+        pthread_rwlock_unlock(&db->rw);
+        return seterr(err, errlen, S4KV_ENOTFOUND, "key '%s' not found",
+                      key_str(key, klen, kb, sizeof kb));
+    }
+    uint8_t *buf = malloc((size_t)loc.len + 1);
+    if (!buf) {
+        pthread_rwlock_unlock(&db->rw);
+        return seterr(err, errlen, S4KV_ENOMEM, "out of memory");
+    }
+    segment *s = db_seg(db, loc.seg);
+    int rc;
+    if (s && s->fd >= 0) {
+        rc = seg_read(db, s, loc.off, buf, loc.len, err, errlen);
+        pthread_rwlock_unlock(&db->rw);
+    } else {
+        segment copy = s ? *s : (segment){.no = loc.seg, .fd = -1};
+        pthread_rwlock_unlock(&db->rw);
+        rc = seg_read(db, &copy, loc.off, buf, loc.len, err, errlen);
+    }
+    if (rc) {
+        free(buf);
+        return rc;
+    }
+    const char *why = NULL;
+    if (rec_parse(buf, loc.len, r, &why) != 0)
+        ;
+    else if (r->len != loc.len)
+        why = "record length differs from the index";
+    else if (r->klen != klen || memcmp(r->key, key, klen) != 0)
+        why = "record holds a different key";
+    else if (r->type != REC_PUT)
+        why = "index points at a tombstone";
+    if (why) {
+        free(buf);
+        return seterr(err, errlen, S4KV_ECORRUPT,
+                      "key '%s': data_%06u.s4kv offset %u (%u bytes): %s",
+                      key_str(key, klen, kb, sizeof kb), loc.seg, loc.off, loc.len, why);
+    }
+    *rec = buf;
+    return 0;
+}
+
+/* Decodes r's value into dst (cap >= r->rlen). */
+static int decode_value(const rec_view *r, uint8_t *dst, const void *key, size_t klen,
+                        char *err, size_t errlen)
+{
+    if (!(r->flags & REC_SNAPPY)) {
+        memmove(dst, r->val, r->rlen);
+        return 0;
+    }
+    size_t ulen = 0;
+    if (snappy_uncompressed_length((const char *)r->val, r->slen, &ulen) != SNAPPY_OK ||
+        ulen != r->rlen ||
+        snappy_uncompress((const char *)r->val, r->slen, (char *)dst, &ulen) != SNAPPY_OK ||
+        ulen != r->rlen) {
+        char kb[300];
+        return seterr(err, errlen, S4KV_ECORRUPT, "key '%s': Snappy data does not decode",
+                      key_str(key, klen, kb, sizeof kb));
+    }
+    return 0;
+}
+
+int s4kv_get(s4kv_db *db, const void *key, size_t klen, void **val, size_t *vlen, char *err,
+             size_t errlen)
+{
+    uint8_t *rec;
+    rec_view r;
+    int rc = read_record(db, key, klen, &rec, &r, err, errlen);
+    if (rc)
+        return rc;
+    uint8_t *out = rec; /* an uncompressed value moves to the front of rec */
+    if (r.flags & REC_SNAPPY) {
+        out = malloc((size_t)r.rlen + 1);
+        if (!out) {
+            free(rec);
+            return seterr(err, errlen, S4KV_ENOMEM, "out of memory");
+        }
+    }
+    rc = decode_value(&r, out, key, klen, err, errlen);
+    if (out != rec)
+        free(rec);
+    if (rc) {
+        free(out);
+        return rc;
+    }
+    out[r.rlen] = 0;
+    *val = out;
+    *vlen = r.rlen;
+    return 0;
+}
+
+int s4kv_get_into(s4kv_db *db, const void *key, size_t klen, void *buf, size_t cap,
+                  size_t *vlen, char *err, size_t errlen)
+{
+    uint8_t *rec;
+    rec_view r;
+    int rc = read_record(db, key, klen, &rec, &r, err, errlen);
+    if (rc)
+        return rc;
+    *vlen = r.rlen;
+    if (cap < r.rlen)
+        rc = seterr(err, errlen, S4KV_ERANGE, "value of %u bytes does not fit %zu", r.rlen, cap);
+    else
+        rc = decode_value(&r, buf, key, klen, err, errlen);
+    free(rec);
+    return rc;
+}
+
+/* ---- Iterators */
+
+typedef struct ikey {
+    uint64_t off;
+    uint32_t len;
+} ikey;
+
+struct s4kv_iter {
+    s4kv_db *db;
+    uint8_t *arena;
+    ikey *keys;
+    size_t n, i;
+    unsigned flags;
+    void *val;
+    size_t vlen;
+};
+
+static int ikey_cmp(const void *a, const void *b, void *arena)
+{
+    const ikey *x = a, *y = b;
+    const uint8_t *base = arena;
+    size_t n = x->len < y->len ? x->len : y->len;
+    int c = memcmp(base + x->off, base + y->off, n);
+    if (c)
+        return c;
+    return x->len < y->len ? -1 : x->len > y->len;
+}
+
+int s4kv_iter_new(s4kv_db *db, const void *prefix, size_t plen, unsigned flags,
+                  s4kv_iter **out, char *err, size_t errlen)
+{
+    if (!db || !out || (plen && !prefix))
+        return seterr(err, errlen, S4KV_EINVAL, "NULL argument");
+    s4kv_iter *it = calloc(1, sizeof *it);
+    if (!it)
+        return seterr(err, errlen, S4KV_ENOMEM, "out of memory");
+    it->db = db;
+    it->flags = flags;
+    it->i = (size_t)-1;
+    pthread_rwlock_rdlock(&db->rw);
+    size_t n = keydir_count(db->kd), used = 0, cap = n * 16 + 64;
+    it->keys = malloc((n ? n : 1) * sizeof *it->keys);
+    it->arena = malloc(cap);
+    int rc = (it->keys && it->arena) ? 0 : S4KV_ENOMEM;
+    size_t pos = 0;
+    const void *k;
+    size_t kl;
+    keydir_loc loc;
+    while (rc == 0 && keydir_next(db->kd, &pos, &k, &kl, &loc)) {
+        if (kl < plen || (plen && memcmp(k, prefix, plen) != 0))
+            continue;
+        if (used + kl > cap) {
+            while (used + kl > cap)
+                cap *= 2;
+            uint8_t *na = realloc(it->arena, cap);
+            if (!na) {
+                rc = S4KV_ENOMEM;
+                break;
+            }
+            it->arena = na;
+        }
+        memcpy(it->arena + used, k, kl);
+        it->keys[it->n++] = (ikey){used, (uint32_t)kl};
+        used += kl;
+    }
+    pthread_rwlock_unlock(&db->rw);
+    if (rc) {
+        s4kv_iter_free(it);
+        return seterr(err, errlen, rc, "out of memory creating an iterator");
+    }
+    if (flags & S4KV_ITER_SORTED)
+        qsort_r(it->keys, it->n, sizeof *it->keys, ikey_cmp, it->arena);
+    *out = it;
+    return 0;
+}
+
+int s4kv_iter_next(s4kv_iter *it, char *err, size_t errlen)
+{
+    for (;;) {
+        free(it->val);
+        it->val = NULL;
+        it->vlen = 0;
+        if (it->i != (size_t)-1 && it->i >= it->n)
+            return 0;
+        it->i++;
+        if (it->i >= it->n)
+            return 0;
+        if (it->flags & S4KV_ITER_KEYS_ONLY)
+            return 1;
+        const ikey *k = &it->keys[it->i];
+        int rc = s4kv_get(it->db, it->arena + k->off, k->len, &it->val, &it->vlen, err, errlen);
+        if (rc == S4KV_ENOTFOUND)
+            continue; /* deleted since the snapshot */
+        return rc == 0 ? 1 : rc;
+    }
+}
+
+const void *s4kv_iter_key(const s4kv_iter *it, size_t *klen)
+{
+    if (it->i >= it->n) {
+        *klen = 0;
+        return NULL;
+    }
+    *klen = it->keys[it->i].len;
+    return it->arena + it->keys[it->i].off;
+}
+
+const void *s4kv_iter_value(const s4kv_iter *it, size_t *vlen)
+{
+    *vlen = it->vlen;
+    return it->val ? it->val : "";
+}
+
+void s4kv_iter_free(s4kv_iter *it)
+{
+    if (!it)
+        return;
+    free(it->keys);
+    free(it->arena);
+    free(it->val);
+    free(it);
+}
+
+/* ---- Stats, sync, checkpoint */
+
+int s4kv_stats_get(s4kv_db *db, s4kv_stats *st)
+{
+    if (!db || !st)
+        return S4KV_EINVAL;
+    memset(st, 0, sizeof *st);
+    pthread_rwlock_rdlock(&db->rw);
+    st->keys = keydir_count(db->kd);
+    for (size_t i = 0; i < db->nsegs; i++) {
+        st->live_bytes += db->segs[i]->live;
+        st->segment_bytes += db->segs[i]->size;
+    }
+    st->garbage_bytes = st->segment_bytes - st->live_bytes;
+    st->segments = db->nsegs;
+    st->index_bytes = keydir_mem_bytes(db->kd);
+    st->next_seq = db->next_seq;
+    st->generation = db->generation;
+    st->active_segment = db->nsegs ? active_seg(db)->no : 0;
+    pthread_rwlock_unlock(&db->rw);
+    return 0;
+}
+
+int s4kv_sync(s4kv_db *db, char *err, size_t errlen)
+{
+    if (!db)
+        return seterr(err, errlen, S4KV_EINVAL, "NULL handle");
+    if (db->read_only)
+        return 0;
+    int rc = db_exclusive_begin(db);
+    if (rc)
+        return seterr(err, errlen, rc, "out of memory");
+    rc = db->failed ? seterr(err, errlen, S4KV_ECLOSED, "an earlier write failed; reopen")
+                    : sync_active(db, err, errlen);
+    db_exclusive_end(db);
+    return rc;
+}
+
+int s4kv_checkpoint(s4kv_db *db, char *err, size_t errlen)
+{
+    if (!db)
+        return seterr(err, errlen, S4KV_EINVAL, "NULL handle");
+    if (db->read_only)
+        return seterr(err, errlen, S4KV_EREADONLY, "%s is open read-only", db->dir);
+    int rc = db_exclusive_begin(db);
+    if (rc)
+        return seterr(err, errlen, rc, "out of memory");
+    rc = db->failed ? seterr(err, errlen, S4KV_ECLOSED, "an earlier write failed; reopen")
+                    : db_checkpoint_locked(db, err, errlen);
+    db_exclusive_end(db);
+    return rc;
+}
+
+/* ---- Interval sync thread */
+
+static void *syncer_main(void *arg)
+{
+    s4kv_db *db = arg;
+    pthread_mutex_lock(&db->qmu);
+    while (!db->stopping) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        uint64_t ns = (uint64_t)ts.tv_nsec + (uint64_t)db->opt.sync_interval_ms * 1000000ull;
+        ts.tv_sec += (time_t)(ns / 1000000000ull);
+        ts.tv_nsec = (long)(ns % 1000000000ull);
+        pthread_cond_timedwait(&db->stop_cv, &db->qmu, &ts);
+        if (db->stopping)
+            break;
+        pthread_mutex_unlock(&db->qmu);
+        if (db_exclusive_begin(db) == 0) {
+            char e[512];
+            if (db->unsynced && !db->failed && sync_active(db, e, sizeof e) != 0)
+                db_log(db, "interval sync failed: %s", e);
+            db_exclusive_end(db);
+        }
+        pthread_mutex_lock(&db->qmu);
+    }
+    pthread_mutex_unlock(&db->qmu);
+    return NULL;
+}
+
+/* ---- Open, recovery, close */
+
+static void db_free(s4kv_db *db)
+{
+    if (db->syncer_on) {
+        pthread_mutex_lock(&db->qmu);
+        db->stopping = 1;
+        pthread_cond_broadcast(&db->stop_cv);
+        pthread_mutex_unlock(&db->qmu);
+        pthread_join(db->syncer, NULL);
+    }
+    for (size_t i = 0; i < db->nsegs; i++) {
+        if (db->segs[i]->fd >= 0)
+            db->v->close(db->v, db->segs[i]->fd);
+        free(db->segs[i]);
+    }
+    free(db->segs);
+    free(db->byno);
+    keydir_free(db->kd);
+    if (db->lock_fd >= 0)
+        close(db->lock_fd); /* releases the flock */
+    free(db->gbuf);
+    free(db->ckpt_name);
+    free(db->dir);
+    pthread_rwlock_destroy(&db->rw);
+    pthread_mutex_destroy(&db->qmu);
+    pthread_cond_destroy(&db->stop_cv);
+    free(db);
+}
+
+static int take_lock(s4kv_db *db, char *err, size_t errlen)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/LOCK", db->dir);
+    db->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (db->lock_fd < 0)
+        return seterr(err, errlen, errno_code(-errno), "open %s: %s", path, strerror(errno));
+    if (flock(db->lock_fd, LOCK_EX | LOCK_NB) != 0) {
+        int e = errno;
+        char pid[32] = "";
+        ssize_t n = pread(db->lock_fd, pid, sizeof pid - 1, 0);
+        pid[n > 0 ? n : 0] = 0;
+        pid[strcspn(pid, "\n")] = 0;
+        if (e == EWOULDBLOCK)
+            return seterr(err, errlen, S4KV_ELOCKED, "%s is locked by pid %s (another writer)",
+                          db->dir, *pid ? pid : "?");
+        return seterr(err, errlen, S4KV_EIO, "flock %s: %s", path, strerror(e));
+    }
+    char pid[32];
+    int n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+    if (ftruncate(db->lock_fd, 0) != 0 || pwrite(db->lock_fd, pid, (size_t)n, 0) != n)
+        return seterr(err, errlen, S4KV_EIO, "write %s: %s", path, strerror(errno));
+    return 0;
+}
+
+/* Opens the segments the manifest names. */
+static int open_segments(s4kv_db *db, const manifest *m, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < m->nseg; i++) {
+        segment *s = seg_new(m->segno[i]);
+        if (!s || table_add(db, s) != 0) {
+            free(s);
+            return seterr(err, errlen, S4KV_ENOMEM, "out of memory");
+        }
+        int active = m->sealed_len[i] == UINT64_MAX;
+        s->sealed = !active;
+        char path[4096];
+        seg_path(db, s->no, path, sizeof path);
+        int fd = db->v->open(db->v, path, (active && !db->read_only) ? O_RDWR : O_RDONLY, 0);
+        if (fd == -ENOENT && db->opt.remote && !active) {
+            s->size = m->sealed_len[i];
+            continue;
+        }
+        if (fd < 0)
+            return seterr(err, errlen, fd == -ENOENT ? S4KV_ECORRUPT : errno_code(fd),
+                          "open %s (named by MANIFEST): %s", path, strerror(-fd));
+        s->fd = fd;
+        uint64_t size = 0;
+        int rc = db->v->fsize(db->v, fd, &size);
+        if (rc)
+            return seterr(err, errlen, S4KV_EIO, "stat %s: %s", path, strerror(-rc));
+        uint8_t hdr[SEG_HDR];
+        const char *why = "file shorter than its header";
+        if (size < SEG_HDR || seg_read(db, s, 0, hdr, SEG_HDR, err, errlen) != 0 ||
+            seg_hdr_check(hdr, s->no, &why) != 0)
+            return seterr(err, errlen, S4KV_ECORRUPT, "%s: %s", path, why);
+        if (!active && size < m->sealed_len[i])
+            return seterr(err, errlen, S4KV_ECORRUPT,
+                          "%s is %" PRIu64 " bytes but MANIFEST says it was sealed at %" PRIu64,
+                          path, size, m->sealed_len[i]);
+        s->size = active ? size : m->sealed_len[i];
+    }
+    return 0;
+}
+
+/* Loads the checkpoint the manifest names into db->kd. Returns 0 and the
+ * position, or -1 (logged) when it is missing or unusable. */
+static int load_checkpoint(s4kv_db *db, size_t *seg_idx, uint64_t *off)
+{
+    if (!db->ckpt_name)
+        return -1;
+    char path[4096], why[256] = "";
+    snprintf(path, sizeof path, "%s/%s", db->dir, db->ckpt_name);
+    int fd = db->v->open(db->v, path, O_RDONLY, 0);
+    uint8_t *buf = NULL;
+    uint64_t size = 0;
+    if (fd < 0) {
+        snprintf(why, sizeof why, "open: %s", strerror(-fd));
+    } else {
+        if (db->v->fsize(db->v, fd, &size) != 0 || !(buf = malloc(size ? size : 1)) ||
+            db->v->pread(db->v, fd, buf, size, 0) != (ssize_t)size)
+            snprintf(why, sizeof why, "read failed");
+        db->v->close(db->v, fd);
+    }
+    ckpt_header h;
+    keydir *kd = NULL;
+    if (!*why && ckpt_decode(buf, size, db->hash, &h, &kd, why, sizeof why) == 0) {
+        segment *ps = db_seg(db, h.pos_seg);
+        if (!ps || h.pos_off < SEG_HDR || h.pos_off > ps->size)
+            snprintf(why, sizeof why, "its log position (segment %u, offset %" PRIu64
+                     ") is outside the log", h.pos_seg, h.pos_off);
+        size_t pos = 0;
+        const void *k;
+        size_t kl;
+        keydir_loc loc;
+        while (!*why && keydir_next(kd, &pos, &k, &kl, &loc)) {
+            segment *s = db_seg(db, loc.seg);
+            if (!s || loc.off < SEG_HDR || (uint64_t)loc.off + loc.len > s->size)
+                snprintf(why, sizeof why, "an entry points outside the log (segment %u "
+                         "offset %u)", loc.seg, loc.off);
+        }
+        for (size_t i = 0; !*why && i < db->nsegs; i++)
+            if (db->segs[i] == ps)
+                *seg_idx = i;
+        *off = h.pos_off;
+    }
+    free(buf);
+    if (*why) {
+        keydir_free(kd);
+        db_log(db, "checkpoint %s is unusable (%s); rebuilding the index by replaying every "
+                   "segment", db->ckpt_name, why);
+        return -1;
+    }
+    keydir_free(db->kd);
+    db->kd = kd;
+    if (h.next_seq > db->next_seq)
+        db->next_seq = h.next_seq;
+    return 0;
+}
+
+int replay_apply(s4kv_db *db, keydir *kd, const segment *s, uint64_t off, const rec_view *r)
+{
+    keydir_loc loc = {s->no, (uint32_t)off, r->len};
+    if (r->type == REC_PUT) {
+        if (keydir_put(kd, r->key, r->klen, loc, NULL) < 0)
+            return S4KV_ENOMEM;
+    } else {
+        keydir_del(kd, r->key, r->klen, NULL);
+    }
+    if (r->seq >= db->next_seq)
+        db->next_seq = r->seq + 1;
+    return 0;
+}
+
+typedef struct replay_ctx {
+    s4kv_db *db;
+    keydir *kd;
+} replay_ctx;
+
+static int replay_cb(void *ctx, const segment *s, uint64_t off, const rec_view *r)
+{
+    replay_ctx *c = ctx;
+    return replay_apply(c->db, c->kd, s, off, r);
+}
+
+/* Replays segments [from, nsegs) into kd, the first from offset `start`.
+ * With truncate_tail, a torn tail of the active segment is cut off. */
+static int replay_from(s4kv_db *db, keydir *kd, size_t from, uint64_t start, int truncate_tail,
+                       char *err, size_t errlen)
+{
+    replay_ctx c = {db, kd};
+    uint64_t total = 0, done = 0;
+    for (size_t i = from; i < db->nsegs; i++)
+        total += db->segs[i]->size;
+    for (size_t i = from; i < db->nsegs; i++) {
+        segment *s = db->segs[i];
+        int active = i + 1 == db->nsegs && !s->sealed;
+        scan_result res;
+        int rc = seg_scan(db, s, i == from ? start : SEG_HDR, !db->read_only || !active,
+                          replay_cb, &c, &res, err, errlen);
+        if (rc)
+            return rc;
+        done += s->size;
+        db_progress(db, "replay", done, total);
+        if (!res.torn)
+            continue;
+        uint64_t cut = s->size - res.end;
+        if (!active) {
+            db_log(db, "corruption: sealed segment data_%06u.s4kv has %" PRIu64 " bad bytes at "
+                       "its end (offset %" PRIu64 ")", s->no, cut, res.end);
+        } else if (truncate_tail && !db->read_only) {
+            int t = db->v->ftruncate(db->v, s->fd, res.end);
+            if (t == 0)
+                t = db->v->fdatasync(db->v, s->fd);
+            if (t)
+                return seterr(err, errlen, errno_code(t), "truncate data_%06u.s4kv: %s", s->no,
+                              strerror(-t));
+            db_log(db, "recovery: cut a torn tail of %" PRIu64 " bytes from data_%06u.s4kv "
+                       "at offset %" PRIu64, cut, s->no, res.end);
+            s->size = res.end;
+        } else if (truncate_tail) {
+            s->size = res.end; /* read-only: ignore the tail, leave the file alone */
+        }
+    }
+    return 0;
+}
+
+int db_replay_all(s4kv_db *db, keydir **out, int truncate_tail, char *err, size_t errlen)
+{
+    keydir *kd = keydir_new(keydir_count(db->kd), db->hash);
+    if (!kd)
+        return seterr(err, errlen, S4KV_ENOMEM, "out of memory");
+    int rc = replay_from(db, kd, 0, SEG_HDR, truncate_tail, err, errlen);
+    if (rc) {
+        keydir_free(kd);
+        return rc;
+    }
+    *out = kd;
+    return 0;
+}
+
+/* Removes temp files and files the manifest does not name (read-write). */
+static void remove_orphans(s4kv_db *db)
+{
+    DIR *d = opendir(db->dir);
+    if (!d)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        const char *n = e->d_name;
+        size_t len = strlen(n);
+        unsigned no;
+        char tail[16];
+        int orphan = 0;
+        if (len > 4 && strcmp(n + len - 4, ".tmp") == 0)
+            orphan = 1;
+        else if (sscanf(n, "data_%u.s4k%15s", &no, tail) == 2 && strcmp(tail, "v") == 0)
+            orphan = !db_seg(db, no);
+        else if (strncmp(n, "index_", 6) == 0 && len > 5 && strcmp(n + len - 5, ".s4ki") == 0)
+            orphan = !db->ckpt_name || strcmp(db->ckpt_name, n) != 0;
+        if (!orphan)
+            continue;
+        char path[4096];
+        snprintf(path, sizeof path, "%s/%s", db->dir, n);
+        if (db->v->unlink(db->v, path) == 0)
+            db_log(db, "recovery: removed %s (not named by MANIFEST: left by an interrupted "
+                       "rotation, checkpoint or compaction)", n);
+    }
+    closedir(d);
+}
+
+static int has_segments(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return 0;
+    struct dirent *e;
+    int found = 0;
+    while (!found && (e = readdir(d)))
+        found = strncmp(e->d_name, "data_", 5) == 0;
+    closedir(d);
+    return found;
+}
+
+static int create_new(s4kv_db *db, char *err, size_t errlen)
+{
+    segment *s = seg_new(1);
+    if (!s || table_add(db, s) != 0) {
+        free(s);
+        return seterr(err, errlen, S4KV_ENOMEM, "out of memory");
+    }
+    int fd = seg_create(db, 1, err, errlen);
+    if (fd < 0)
+        return fd;
+    s->fd = fd;
+    s->size = SEG_HDR;
+    db->next_segment = 2;
+    db->next_seq = 1;
+    return manifest_commit(db, err, errlen);
+}
+
+int s4kv__open_vfs(const char *dir, const s4kv_options *opt, vfs *v, keydir_hash_fn hash,
+                   s4kv_db **out, char *err, size_t errlen)
+{
+    s4kv_options defaults;
+    if (!opt) {
+        s4kv_options_init(&defaults);
+        opt = &defaults;
+    }
+    if (!dir || !*dir || !out)
+        return seterr(err, errlen, S4KV_EINVAL, "no directory given");
+    if (opt->max_segment_bytes < SEG_MIN_BYTES || opt->max_segment_bytes > SEG_MAX_BYTES)
+        return seterr(err, errlen, S4KV_EINVAL, "max_segment_bytes %" PRIu64
+                      " outside 4096 .. 2 GiB", opt->max_segment_bytes);
+    if (opt->sync_mode > S4KV_SYNC_INTERVAL ||
+        (opt->sync_mode == S4KV_SYNC_INTERVAL && opt->sync_interval_ms == 0))
+        return seterr(err, errlen, S4KV_EINVAL, "bad sync_mode or sync_interval_ms");
+    s4kv_db *db = calloc(1, sizeof *db);
+    if (!db || !(db->dir = strdup(dir))) {
+        free(db);
+        return seterr(err, errlen, S4KV_ENOMEM, "out of memory");
+    }
+    db->opt = *opt;
+    db->v = v;
+    db->hash = hash;
+    db->lock_fd = -1;
+    db->read_only = opt->read_only;
+    pthread_rwlockattr_t ra;
+    pthread_rwlockattr_init(&ra);
+    pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&db->rw, &ra);
+    pthread_rwlockattr_destroy(&ra);
+    pthread_mutex_init(&db->qmu, NULL);
+    pthread_cond_init(&db->stop_cv, NULL);
+    db->next_seq = 1;
+
+    int rc = 0;
+    struct stat st;
+    if (stat(dir, &st) != 0) {
+        if (errno != ENOENT)
+            rc = seterr(err, errlen, S4KV_EIO, "stat %s: %s", dir, strerror(errno));
+        else if (db->read_only || !opt->create_if_missing)
+            rc = seterr(err, errlen, S4KV_ENOENT, "no database at %s (directory missing)", dir);
+        else if (mkdir(dir, 0755) != 0 && errno != EEXIST)
+            rc = seterr(err, errlen, errno_code(-errno), "mkdir %s: %s", dir, strerror(errno));
+    } else if (!S_ISDIR(st.st_mode)) {
+        rc = seterr(err, errlen, S4KV_EINVAL, "%s is not a directory", dir);
+    }
+    if (rc == 0 && !db->read_only)
+        rc = take_lock(db, err, errlen);
+    if (rc == 0 && !(db->kd = keydir_new(0, hash)))
+        rc = seterr(err, errlen, S4KV_ENOMEM, "out of memory");
+    manifest m = {0};
+    if (rc == 0) {
+        rc = manifest_load(db, &m, err, errlen);
+        if (rc == S4KV_ENOENT) {
+            if (db->read_only || !opt->create_if_missing)
+                rc = seterr(err, errlen, S4KV_ENOENT, "no database at %s (no MANIFEST)", dir);
+            else if (has_segments(dir))
+                rc = seterr(err, errlen, S4KV_ECORRUPT,
+                            "%s holds segments but no MANIFEST; refusing to guess their replay "
+                            "order (restore MANIFEST, or move the data_* files away)", dir);
+            else
+                rc = create_new(db, err, errlen);
+            if (rc == 0) {
+                if (!db->read_only)
+                    remove_orphans(db);
+                *out = db;
+                return 0;
+            }
+        } else if (rc == 0) {
+            db->generation = m.generation;
+            db->next_segment = m.next_segment;
+            db->ckpt_name = m.checkpoint;
+            m.checkpoint = NULL;
+            rc = open_segments(db, &m, err, errlen);
+        }
+    }
+    manifest_free(&m);
+    if (rc == 0) {
+        size_t from = 0;
+        uint64_t start = SEG_HDR;
+        int have_ckpt = load_checkpoint(db, &from, &start) == 0;
+        rc = replay_from(db, db->kd, from, start, 1, err, errlen);
+        if (rc == 0) {
+            db_recount_live(db);
+            if (!db->read_only) {
+                remove_orphans(db);
+                if (!have_ckpt && keydir_count(db->kd) > 0) {
+                    char e2[512];
+                    if (db_checkpoint_locked(db, e2, sizeof e2) != 0)
+                        db_log(db, "could not write a fresh checkpoint: %s", e2);
+                }
+            }
+        }
+    }
+    if (rc == 0 && !db->read_only && opt->sync_mode == S4KV_SYNC_INTERVAL) {
+        if (pthread_create(&db->syncer, NULL, syncer_main, db) == 0)
+            db->syncer_on = 1;
+        else
+            rc = seterr(err, errlen, S4KV_ENOMEM, "cannot start the sync thread");
+    }
+    if (rc) {
+        db_free(db);
+        return rc;
+    }
+    *out = db;
+    return 0;
+}
+
+int s4kv_open(const char *dir, const s4kv_options *opt, s4kv_db **out, char *err, size_t errlen)
+{
+    return s4kv__open_vfs(dir, opt, vfs_posix(), NULL, out, err, errlen);
+}
+
+int s4kv_close(s4kv_db *db)
+{
+    if (!db)
+        return 0;
+    int rc = 0;
+    if (!db->read_only && !db->failed) {
+        char e[512];
+        db_exclusive_begin(db);
+        if (db->since_ckpt > 0 || !db->ckpt_name)
+            rc = db_checkpoint_locked(db, e, sizeof e);
+        else
+            rc = sync_active(db, e, sizeof e);
+        if (rc)
+            db_log(db, "close: %s", e);
+        db_exclusive_end(db);
+    }
+    db_free(db);
+    return rc;
+}
+
+void s4kv__abandon(s4kv_db *db)
+{
+    if (db)
+        db_free(db);
+}

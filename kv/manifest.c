@@ -1,0 +1,277 @@
+/*
+ * manifest.c - the MANIFEST file, the commit point of the database
+ * (kv/FORMAT.md, "Manifest"). Invariant: MANIFEST is only ever replaced whole
+ * by rename of a fully written and fsynced MANIFEST.tmp, followed by an fsync
+ * of the directory, so a crash leaves the old or the new one, never a mix.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MANIFEST_MAX (64u << 20)
+
+static int appendf(char **buf, size_t *len, size_t *cap, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static int appendf(char **buf, size_t *len, size_t *cap, const char *fmt, ...)
+{
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(*buf + *len, *cap - *len, fmt, ap);
+        va_end(ap);
+        if (n < 0)
+            return -1;
+        if ((size_t)n < *cap - *len) {
+            *len += (size_t)n;
+            return 0;
+        }
+        size_t nc = *cap * 2 + (size_t)n;
+        char *nb = realloc(*buf, nc);
+        if (!nb)
+            return -1;
+        *buf = nb;
+        *cap = nc;
+    }
+}
+
+/* Writes path.tmp with buf, fsyncs it, renames it over path, fsyncs dir. */
+static int write_atomic(s4kv_db *db, const char *path, const void *buf, size_t len,
+                        char *err, size_t errlen)
+{
+    int renamed = 0;
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    int fd = db->v->open(db->v, tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0)
+        return seterr(err, errlen, errno_code(fd), "open %s: %s", tmp, strerror(-fd));
+    ssize_t w = db->v->pwrite(db->v, fd, buf, len, 0);
+    int rc = w < 0 ? (int)w : 0;
+    const char *what = "write";
+    if (rc == 0) {
+        rc = db->v->fdatasync(db->v, fd);
+        what = "fdatasync";
+    }
+    db->v->close(db->v, fd);
+    if (rc == 0) {
+        rc = db->v->rename(db->v, tmp, path);
+        what = "rename";
+    }
+    if (rc == 0) {
+        renamed = 1;
+        rc = db->v->fsync_dir(db->v, db->dir);
+        what = "fsync directory of";
+    }
+    if (rc != 0 && renamed) {
+        /* The new file replaced the old one but may not survive a crash:
+         * which one a reopen sees is unknown, so nothing either may name can
+         * be deleted. Stop taking writes; reopen resolves it. */
+        db->failed = 1;
+    } else if (rc != 0) {
+        db->v->unlink(db->v, tmp);
+        return seterr(err, errlen, errno_code(rc), "%s %s: %s", what, path, strerror(-rc));
+    }
+    return 0;
+}
+
+int file_write_atomic(s4kv_db *db, const char *path, const void *buf, size_t len,
+                      char *err, size_t errlen)
+{
+    return write_atomic(db, path, buf, len, err, errlen);
+}
+
+int manifest_commit(s4kv_db *db, char *err, size_t errlen)
+{
+    size_t len = 0, cap = 256 + db->nsegs * 48;
+    char *buf = malloc(cap);
+    if (!buf)
+        return seterr(err, errlen, S4KV_ENOMEM, "out of memory writing MANIFEST");
+    uint64_t gen = db->generation + 1;
+    int bad = appendf(&buf, &len, &cap,
+                      "s4kv-manifest 1\ngeneration %" PRIu64 "\nnext_segment %" PRIu32
+                      "\ncheckpoint %s\n",
+                      gen, db->next_segment, db->ckpt_name ? db->ckpt_name : "-");
+    for (size_t i = 0; i < db->nsegs && !bad; i++) {
+        const segment *s = db->segs[i];
+        if (s->sealed)
+            bad = appendf(&buf, &len, &cap, "segment %" PRIu32 " sealed %" PRIu64 "\n", s->no,
+                          s->size);
+        else
+            bad = appendf(&buf, &len, &cap, "segment %" PRIu32 " active\n", s->no);
+    }
+    if (!bad)
+        bad = appendf(&buf, &len, &cap, "checksum %016" PRIx64 "\n", s4kv_hash(buf, len));
+    if (bad) {
+        free(buf);
+        return seterr(err, errlen, S4KV_ENOMEM, "out of memory writing MANIFEST");
+    }
+    char path[4096];
+    snprintf(path, sizeof path, "%s/MANIFEST", db->dir);
+    int rc = write_atomic(db, path, buf, len, err, errlen);
+    free(buf);
+    if (rc == 0)
+        db->generation = gen;
+    return rc;
+}
+
+void manifest_free(manifest *m)
+{
+    free(m->checkpoint);
+    free(m->segno);
+    free(m->sealed_len);
+    memset(m, 0, sizeof *m);
+}
+
+static int parse_u64(const char *s, uint64_t *out)
+{
+    if (*s < '0' || *s > '9')
+        return -1;
+    errno = 0;
+    char *end;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || *end)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+int manifest_load(s4kv_db *db, manifest *m, char *err, size_t errlen)
+{
+    memset(m, 0, sizeof *m);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/MANIFEST", db->dir);
+    int fd = db->v->open(db->v, path, O_RDONLY, 0);
+    if (fd == -ENOENT)
+        return seterr(err, errlen, S4KV_ENOENT, "%s: no such file", path);
+    if (fd < 0)
+        return seterr(err, errlen, S4KV_EIO, "open %s: %s", path, strerror(-fd));
+    uint64_t size = 0;
+    int rc = db->v->fsize(db->v, fd, &size);
+    if (rc == 0 && size > MANIFEST_MAX)
+        rc = -EFBIG;
+    char *buf = rc == 0 ? malloc(size + 1) : NULL;
+    if (rc == 0 && !buf)
+        rc = -ENOMEM;
+    if (rc == 0) {
+        ssize_t r = db->v->pread(db->v, fd, buf, size, 0);
+        rc = r < 0 ? (int)r : ((uint64_t)r != size ? -EIO : 0);
+    }
+    db->v->close(db->v, fd);
+    if (rc != 0) {
+        free(buf);
+        return seterr(err, errlen, errno_code(rc), "read %s: %s", path, strerror(-rc));
+    }
+    buf[size] = 0;
+    /* Tokenising writes NULs into buf: hash the checksummed prefix first. */
+    const char *cks = strstr(buf, "\nchecksum ");
+    uint64_t prefix_hash = cks ? s4kv_hash(buf, (size_t)(cks - buf) + 1) : 0;
+    if (memchr(buf, 0, size)) {
+        free(buf);
+        return seterr(err, errlen, S4KV_ECORRUPT, "%s: NUL byte in manifest", path);
+    }
+
+    int code = S4KV_ECORRUPT;
+    const char *why = NULL;
+    size_t lineno = 0, cap = 0, have_gen = 0, have_next = 0, have_ck = 0, have_sum = 0;
+    char *save = NULL;
+    char *line = buf;
+    while (line && *line && !why) {
+        char *nl = strchr(line, '\n');
+        if (!nl) {
+            why = "last line has no newline (truncated)";
+            break;
+        }
+        *nl = 0;
+        lineno++;
+        char *next = nl + 1;
+        char *kw = strtok_r(line, " ", &save);
+        char *a1 = kw ? strtok_r(NULL, " ", &save) : NULL;
+        char *a2 = a1 ? strtok_r(NULL, " ", &save) : NULL;
+        char *a3 = a2 ? strtok_r(NULL, " ", &save) : NULL;
+        char *extra = a3 ? strtok_r(NULL, " ", &save) : NULL;
+        uint64_t v = 0;
+        if (!kw || extra) {
+            why = "malformed line";
+        } else if (lineno == 1) {
+            if (strcmp(kw, "s4kv-manifest") != 0 || !a1 || a2)
+                why = "not an s4kv manifest";
+            else if (strcmp(a1, "1") != 0)
+                why = "unsupported manifest version", code = S4KV_EVERSION;
+        } else if (strcmp(kw, "generation") == 0 && a1 && !a2 && parse_u64(a1, &v) == 0) {
+            m->generation = v;
+            have_gen++;
+        } else if (strcmp(kw, "next_segment") == 0 && a1 && !a2 && parse_u64(a1, &v) == 0 &&
+                   v <= UINT32_MAX) {
+            m->next_segment = (uint32_t)v;
+            have_next++;
+        } else if (strcmp(kw, "checkpoint") == 0 && a1 && !a2) {
+            have_ck++;
+            if (strcmp(a1, "-") != 0) {
+                if (strchr(a1, '/') || strncmp(a1, "index_", 6) != 0)
+                    why = "bad checkpoint name";
+                else if (!(m->checkpoint = strdup(a1)))
+                    why = "out of memory", code = S4KV_ENOMEM;
+            }
+        } else if (strcmp(kw, "segment") == 0 && a1 && a2 && parse_u64(a1, &v) == 0 &&
+                   v >= 1 && v <= UINT32_MAX) {
+            uint64_t sl = UINT64_MAX;
+            if (strcmp(a2, "sealed") == 0 && a3 && parse_u64(a3, &sl) == 0 && sl >= SEG_HDR) {
+            } else if (strcmp(a2, "active") == 0 && !a3) {
+                sl = UINT64_MAX;
+            } else {
+                why = "bad segment line";
+                break;
+            }
+            if (m->nseg == cap) {
+                cap = cap ? cap * 2 : 16;
+                uint32_t *ns = realloc(m->segno, cap * sizeof *ns);
+                if (ns)
+                    m->segno = ns;
+                uint64_t *nl2 = realloc(m->sealed_len, cap * sizeof *nl2);
+                if (nl2)
+                    m->sealed_len = nl2;
+                if (!ns || !nl2) {
+                    why = "out of memory", code = S4KV_ENOMEM;
+                    break;
+                }
+            }
+            m->segno[m->nseg] = (uint32_t)v;
+            m->sealed_len[m->nseg++] = sl;
+        } else if (strcmp(kw, "checksum") == 0 && a1 && !a2) {
+            char want[17];
+            snprintf(want, sizeof want, "%016" PRIx64, prefix_hash);
+            if (!cks || line != cks + 1)
+                why = "checksum line out of place";
+            else if (strcmp(a1, want) != 0)
+                why = "checksum mismatch";
+            else if (*next)
+                why = "data after checksum line";
+            have_sum++;
+        } else {
+            why = "unknown or malformed line";
+        }
+        line = next;
+    }
+    if (!why && (have_gen != 1 || have_next != 1 || have_ck != 1 || have_sum != 1 || !m->nseg))
+        why = "missing or repeated field";
+    for (size_t i = 0; !why && i < m->nseg; i++) {
+        if (m->segno[i] >= m->next_segment)
+            why = "segment number >= next_segment";
+        if ((m->sealed_len[i] == UINT64_MAX) != (i + 1 == m->nseg))
+            why = "exactly the last segment must be active";
+        for (size_t j = 0; j < i && !why; j++)
+            if (m->segno[j] == m->segno[i])
+                why = "segment listed twice";
+    }
+    free(buf);
+    if (why) {
+        int c = code;
+        manifest_free(m);
+        return seterr(err, errlen, c, "%s: %s (line %zu)", path, why, lineno);
+    }
+    return 0;
+}
