@@ -804,6 +804,21 @@ static int rm_entry(const char *path, const struct stat *sb, int flag, struct FT
     return 0;
 }
 
+/* The temporary parent directory: removed after a successful run, kept (and
+ * named) after a failure so the databases can be inspected. */
+static char tmp_parent[3840];
+static int run_ok;
+
+static void at_exit_cleanup(void)
+{
+    if (!tmp_parent[0])
+        return;
+    if (run_ok)
+        nftw(tmp_parent, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    else
+        fprintf(stderr, "s4kv-bench: databases kept in %s\n", tmp_parent);
+}
+
 static void usage(FILE *f)
 {
     fprintf(f,
@@ -877,7 +892,6 @@ int main(int argc, char **argv)
     check_only();
 
     char parent[3840];
-    int remove_parent = 0;
     if (cfg.dir) {
         snprintf(parent, sizeof parent, "%s", cfg.dir);
         if (mkdir(parent, 0755) && errno != EEXIST)
@@ -887,7 +901,8 @@ int main(int argc, char **argv)
         snprintf(parent, sizeof parent, "%s/s4kv-bench.XXXXXX", t && *t ? t : "/tmp");
         if (!mkdtemp(parent))
             die("mkdtemp %s: %s", parent, strerror(errno));
-        remove_parent = 1;
+        memcpy(tmp_parent, parent, sizeof parent);
+        atexit(at_exit_cleanup);
     }
     char cpu[256], fs[64], kernel[128];
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
@@ -934,7 +949,6 @@ int main(int argc, char **argv)
     print_report(cpu, ncpu, kernel, fs);
     if (cfg.json)
         write_json(cfg.json, cpu, ncpu, kernel, fs);
-    if (remove_parent)
-        nftw(parent, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    run_ok = 1;
     return 0;
 }

@@ -613,7 +613,7 @@ int main(int argc, char **argv)
     }
     if (s4kv_batch_count(b))
         db_commit(db, b, "import");
-    phase_done("import (put)", t0, ps.n);
+    phase_done("open + import", t0, ps.n);
     s4kv_stats st_import = db_stats(db);
     if (st_import.keys != m.n)
         die("after import the database has %" PRIu64 " keys, expected %zu", st_import.keys, m.n);

@@ -4,7 +4,10 @@
 # s4kv command line on the database it left. Any failing step fails the demo.
 #
 # usage: S4KV_BIN=path/to/s4kv tools/demo.sh BUILDDIR
-set -euo pipefail
+set -Eeuo pipefail
+# Name the failing command once (not again from inside a $(...) subshell).
+on_err() { local rc=$?; [ "$BASH_SUBSHELL" -ne 0 ] || echo "demo.sh: FAILED (exit $rc) at line $1: $2" >&2; }
+trap 'on_err "$LINENO" "$BASH_COMMAND"' ERR
 
 if [ $# -ne 1 ]; then
     echo "usage: S4KV_BIN=path/to/s4kv $0 BUILDDIR" >&2
