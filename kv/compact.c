@@ -196,6 +196,11 @@ static int copy_live(s4kv_db *db, centry *e, size_t n, uint64_t total, outw *o, 
             rc = seterr(err, errlen, errno_code(s), "fdatasync data_%06u.s4kv: %s",
                         o->segs[i]->no, strerror(-s));
     }
+    if (rc == 0 && o->n) {
+        int s = db->v->fsync_dir(db->v, db->dir); /* names durable before the manifest */
+        if (s)
+            rc = seterr(err, errlen, errno_code(s), "fsync %s: %s", db->dir, strerror(-s));
+    }
     return rc;
 }
 

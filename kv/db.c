@@ -285,6 +285,9 @@ static int seg_create(s4kv_db *db, uint32_t no, char *err, size_t errlen)
     seg_hdr_write(hdr, no);
     ssize_t w = db->v->pwrite(db->v, fd, hdr, SEG_HDR, 0);
     int rc = w < 0 ? (int)w : db->v->fdatasync(db->v, fd);
+    /* The file's name must be durable before a manifest names it. */
+    if (rc == 0)
+        rc = db->v->fsync_dir(db->v, db->dir);
     if (rc != 0) {
         db->v->close(db->v, fd);
         db->v->unlink(db->v, path);
@@ -550,8 +553,13 @@ static int one(s4kv_db *db, int type, const void *key, size_t klen, const void *
 {
     if (!db)
         return seterr(err, errlen, S4KV_EINVAL, "NULL handle");
+    /* Small writes encode on the stack; larger ones let batch_add allocate. */
     uint8_t stackbuf[4096];
-    s4kv_batch b = {.buf = stackbuf, .cap = sizeof stackbuf, .len = BATCH_HDR};
+    s4kv_batch b = {.len = BATCH_HDR};
+    if (klen <= 1024 && vlen <= 2048) {
+        b.buf = stackbuf;
+        b.cap = sizeof stackbuf;
+    }
     int rc = batch_add(&b, type, key, klen, val, vlen, db->opt.compress);
     if (rc == 0)
         rc = commit(db, &b, err, errlen);
@@ -1254,6 +1262,7 @@ int s4kv__open_vfs(const char *dir, const s4kv_options *opt, vfs *v, keydir_hash
     if (rc == 0 && !(db->kd = keydir_new(0, hash)))
         rc = seterr(err, errlen, S4KV_ENOMEM, "out of memory");
     manifest m = {0};
+    int fresh = 0;
     if (rc == 0) {
         rc = manifest_load(db, &m, err, errlen);
         if (rc == S4KV_ENOENT) {
@@ -1265,12 +1274,9 @@ int s4kv__open_vfs(const char *dir, const s4kv_options *opt, vfs *v, keydir_hash
                             "order (restore MANIFEST, or move the data_* files away)", dir);
             else
                 rc = create_new(db, err, errlen);
-            if (rc == 0) {
-                if (!db->read_only)
-                    remove_orphans(db);
-                *out = db;
-                return 0;
-            }
+            if (rc == 0)
+                remove_orphans(db);
+            fresh = 1;
         } else if (rc == 0) {
             db->generation = m.generation;
             db->next_segment = m.next_segment;
@@ -1280,7 +1286,7 @@ int s4kv__open_vfs(const char *dir, const s4kv_options *opt, vfs *v, keydir_hash
         }
     }
     manifest_free(&m);
-    if (rc == 0) {
+    if (rc == 0 && !fresh) {
         size_t from = 0;
         uint64_t start = SEG_HDR;
         int have_ckpt = load_checkpoint(db, &from, &start) == 0;

@@ -302,6 +302,7 @@ static int ft_rename(vfs *v, const char *from, const char *to)
     vfs_fault *f = (vfs_fault *)v;
     pthread_mutex_lock(&f->mu);
     int rc = should_fail(f, VFS_OP_RENAME, to);
+    int replaced = access(to, F_OK) == 0;
     if (rc == 0) {
         rc = px_rename(v, from, to);
         if (rc == 0) {
@@ -309,7 +310,9 @@ static int ft_rename(vfs *v, const char *from, const char *to)
             ffile *dst = ff_find(f, to, 1);
             if (dst) {
                 dst->synced = src ? src->synced : 0;
-                dst->created = src ? src->created : 0;
+                /* Renames are durable once they return (see vfs.h); a
+                 * new name still vanishes with its unsynced directory. */
+                dst->created = replaced ? 0 : (src ? src->created : 0);
                 dst->written = 1;
             }
             if (src) {

@@ -1,0 +1,665 @@
+/*
+ * test_engine.c - the storage engine through its public API (and the
+ * internal seams in kv/internal.h): codecs, get/put/delete/batches,
+ * iterators, checkpoints against full replay, compaction against an
+ * in-memory model, locking, limits, read-only handles, the remote seam.
+ */
+#include <criterion/criterion.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "util.h"
+
+/* Collected log lines, for asserting what the engine said. */
+static char logbuf[65536];
+static void cap_log(void *ctx, const char *line)
+{
+    (void)ctx;
+    size_t n = strlen(logbuf);
+    snprintf(logbuf + n, sizeof logbuf - n, "%s\n", line);
+}
+
+static s4kv_options small_opts(void)
+{
+    s4kv_options o;
+    s4kv_options_init(&o);
+    o.max_segment_bytes = 8192;
+    o.sync_mode = S4KV_SYNC_NONE;
+    o.log = cap_log;
+    logbuf[0] = 0;
+    return o;
+}
+
+static s4kv_db *open_ok(const char *dir, const s4kv_options *o)
+{
+    char err[512] = "";
+    s4kv_db *db = NULL;
+    int rc = s4kv_open(dir, o, &db, err, sizeof err);
+    cr_assert_eq(rc, 0, "open %s: %s (%s)", dir, s4kv_strerror(rc), err);
+    return db;
+}
+
+static void put_ok(s4kv_db *db, const char *k, const char *v)
+{
+    char err[512] = "";
+    int rc = s4kv_put(db, k, strlen(k), v, strlen(v), err, sizeof err);
+    cr_assert_eq(rc, 0, "put %s: %s", k, err);
+}
+
+static void expect_val(s4kv_db *db, const char *k, const char *v)
+{
+    char err[512] = "";
+    void *got = NULL;
+    size_t n = 0;
+    int rc = s4kv_get(db, k, strlen(k), &got, &n, err, sizeof err);
+    if (!v) {
+        cr_assert_eq(rc, S4KV_ENOTFOUND, "get %s: expected not found, got %d (%s)", k, rc, err);
+        return;
+    }
+    cr_assert_eq(rc, 0, "get %s: %s", k, err);
+    cr_assert_eq(n, strlen(v), "get %s: length %zu, want %zu", k, n, strlen(v));
+    cr_assert(memcmp(got, v, n) == 0, "get %s: wrong bytes", k);
+    s4kv_free(got);
+}
+
+Test(record, batch_roundtrip_and_every_flip_detected)
+{
+    s4kv_batch *b = s4kv_batch_new();
+    char big[3000];
+    memset(big, 'x', sizeof big); /* compresses */
+    cr_assert_eq(s4kv_batch_put(b, "k1", 2, "v1", 2), 0);
+    cr_assert_eq(s4kv_batch_put(b, "k2", 2, big, sizeof big), 0);
+    cr_assert_eq(s4kv_batch_delete(b, "k3", 2), 0);
+    cr_assert_eq(s4kv_batch_put(b, "a\0b", 3, "", 0), 0);
+    uint64_t seq = 100;
+    batch_seal(b, &seq);
+    cr_assert_eq(seq, 104);
+    uint32_t count;
+    uint64_t body;
+    cr_assert_eq(batch_hdr_parse(b->buf, &count, &body), 0);
+    cr_assert_eq(count, 4);
+    cr_assert_eq(body, b->len - BATCH_HDR);
+    const uint8_t *p = b->buf + BATCH_HDR;
+    rec_view r[4];
+    size_t left = body;
+    for (int i = 0; i < 4; i++) {
+        const char *why;
+        cr_assert_eq(rec_parse(p, left, &r[i], &why), 0, "record %d", i);
+        cr_assert_eq(r[i].seq, 100u + (unsigned)i);
+        p += r[i].len;
+        left -= r[i].len;
+    }
+    cr_assert_eq(left, 0);
+    cr_assert_eq(r[1].flags & REC_SNAPPY, REC_SNAPPY, "a repetitive value is compressed");
+    cr_assert_lt(r[1].slen, 300);
+    cr_assert_eq(r[1].rlen, sizeof big);
+    cr_assert_eq(r[2].type, REC_DEL);
+    cr_assert_eq(r[3].klen, 3);
+    cr_assert(memcmp(r[3].key, "a\0b", 3) == 0);
+    /* Every single-bit flip of the first record is caught by its checksum. */
+    uint8_t *rec0 = b->buf + BATCH_HDR;
+    for (uint32_t i = 0; i < r[0].len * 8; i++) {
+        rec0[i / 8] ^= (uint8_t)(1u << (i % 8));
+        rec_view x;
+        const char *why;
+        cr_assert_neq(rec_parse(rec0, r[0].len, &x, &why), 0, "flip of bit %u not detected", i);
+        rec0[i / 8] ^= (uint8_t)(1u << (i % 8));
+    }
+    s4kv_batch_free(b);
+}
+
+Test(record, limits)
+{
+    s4kv_batch *b = s4kv_batch_new();
+    static char key[S4KV_MAX_KEY_BYTES + 1];
+    memset(key, 'k', sizeof key);
+    cr_assert_eq(s4kv_batch_put(b, key, 0, "v", 1), S4KV_EINVAL, "empty key refused");
+    cr_assert_eq(s4kv_batch_put(b, key, S4KV_MAX_KEY_BYTES + 1, "v", 1), S4KV_EINVAL);
+    cr_assert_eq(s4kv_batch_put(b, key, S4KV_MAX_KEY_BYTES, "v", 1), 0, "max key accepted");
+    cr_assert_eq(s4kv_batch_put(b, "k", 1, NULL, 5), S4KV_EINVAL);
+    cr_assert_eq(s4kv_batch_put(b, "k", 1, "v", (size_t)S4KV_MAX_VALUE_BYTES + 1), S4KV_EINVAL);
+    cr_assert_eq(s4kv_batch_count(b), 1);
+    s4kv_batch_free(b);
+}
+
+Test(engine, put_get_delete_reopen)
+{
+    char *dir = tu_tmpdir("basic");
+    s4kv_options o = small_opts();
+    s4kv_db *db = open_ok(dir, &o);
+    put_ok(db, "alpha", "1");
+    put_ok(db, "beta", "2");
+    put_ok(db, "alpha", "3");
+    char err[512];
+    cr_assert_eq(s4kv_delete(db, "beta", 4, err, sizeof err), 0);
+    cr_assert_eq(s4kv_delete(db, "never", 5, err, sizeof err), 0, "deleting an absent key is ok");
+    expect_val(db, "alpha", "3");
+    expect_val(db, "beta", NULL);
+    /* Binary key and value with NULs; empty value. */
+    cr_assert_eq(s4kv_put(db, "b\0k", 3, "v\0\xff", 3, err, sizeof err), 0);
+    cr_assert_eq(s4kv_put(db, "empty", 5, "", 0, err, sizeof err), 0);
+    cr_assert_eq(s4kv_close(db), 0);
+    db = open_ok(dir, &o);
+    expect_val(db, "alpha", "3");
+    expect_val(db, "beta", NULL);
+    expect_val(db, "empty", "");
+    void *v;
+    size_t n;
+    cr_assert_eq(s4kv_get(db, "b\0k", 3, &v, &n, err, sizeof err), 0);
+    cr_assert_eq(n, 3);
+    cr_assert(memcmp(v, "v\0\xff", 3) == 0);
+    s4kv_free(v);
+    /* get_into: exact fit, too small. */
+    char small[2], fit[3];
+    cr_assert_eq(s4kv_get_into(db, "b\0k", 3, small, sizeof small, &n, err, sizeof err),
+                 S4KV_ERANGE);
+    cr_assert_eq(n, 3);
+    cr_assert_eq(s4kv_get_into(db, "b\0k", 3, fit, sizeof fit, &n, err, sizeof err), 0);
+    cr_assert(memcmp(fit, "v\0\xff", 3) == 0);
+    /* Limits through the db. */
+    cr_assert_eq(s4kv_put(db, "", 0, "v", 1, err, sizeof err), S4KV_EINVAL);
+    cr_assert(strstr(err, "key of 0 bytes"), "message: %s", err);
+    s4kv_stats st;
+    cr_assert_eq(s4kv_stats_get(db, &st), 0);
+    cr_assert_eq(st.keys, 3);
+    cr_assert_gt(st.index_bytes, 0);
+    cr_assert_eq(st.segment_bytes, st.live_bytes + st.garbage_bytes);
+    cr_assert_eq(s4kv_close(db), 0);
+    tu_rmtree_free(dir);
+}
+
+Test(engine, large_value_and_rotation)
+{
+    char *dir = tu_tmpdir("large");
+    s4kv_options o = small_opts();
+    s4kv_db *db = open_ok(dir, &o);
+    size_t n = 3u << 20;
+    uint8_t *big = malloc(n);
+    uint64_t s = 7;
+    for (size_t i = 0; i < n; i++)
+        big[i] = (uint8_t)(tu_rand(&s) & 0x0f); /* compressible but not trivially */
+    char err[512];
+    cr_assert_eq(s4kv_put(db, "big", 3, big, n, err, sizeof err), 0, "%s", err);
+    for (int i = 0; i < 300; i++) {
+        char k[32];
+        snprintf(k, sizeof k, "k%d", i);
+        put_ok(db, k, "some value to fill segments with bytes");
+    }
+    s4kv_stats st;
+    s4kv_stats_get(db, &st);
+    cr_assert_gt(st.segments, 2, "small max_segment_bytes rotates segments");
+    cr_assert_eq(s4kv_close(db), 0);
+    db = open_ok(dir, &o);
+    void *v;
+    size_t vl;
+    cr_assert_eq(s4kv_get(db, "big", 3, &v, &vl, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(vl, n);
+    cr_assert(memcmp(v, big, n) == 0);
+    s4kv_free(v);
+    s4kv_close(db);
+    free(big);
+    tu_rmtree_free(dir);
+}
+
+Test(engine, batch_atomic_last_op_wins)
+{
+    char *dir = tu_tmpdir("batch");
+    s4kv_options o = small_opts();
+    s4kv_db *db = open_ok(dir, &o);
+    put_ok(db, "gone", "x");
+    s4kv_batch *b = s4kv_batch_new();
+    s4kv_batch_put(b, "a", 1, "1", 1);
+    s4kv_batch_put(b, "a", 1, "2", 1);
+    s4kv_batch_delete(b, "gone", 4);
+    s4kv_batch_put(b, "c", 1, "3", 1);
+    s4kv_batch_delete(b, "c", 1);
+    char err[512];
+    cr_assert_eq(s4kv_write(db, b, err, sizeof err), 0, "%s", err);
+    expect_val(db, "a", "2");
+    expect_val(db, "gone", NULL);
+    expect_val(db, "c", NULL);
+    s4kv_batch_clear(b);
+    cr_assert_eq(s4kv_batch_count(b), 0);
+    cr_assert_eq(s4kv_write(db, b, err, sizeof err), 0, "empty batch is a no-op");
+    s4kv_batch_free(b);
+    s4kv_close(db);
+    db = open_ok(dir, &o);
+    expect_val(db, "a", "2");
+    expect_val(db, "c", NULL);
+    s4kv_close(db);
+    tu_rmtree_free(dir);
+}
+
+Test(engine, iterator_sorted_prefix_and_snapshot)
+{
+    char *dir = tu_tmpdir("iter");
+    s4kv_options o = small_opts();
+    s4kv_db *db = open_ok(dir, &o);
+    const char *keys[] = {"b2", "a", "b10", "b1", "c", "b"};
+    for (size_t i = 0; i < 6; i++)
+        put_ok(db, keys[i], keys[i]);
+    char err[512];
+    s4kv_iter *it;
+    cr_assert_eq(s4kv_iter_new(db, "b", 1, S4KV_ITER_SORTED, &it, err, sizeof err), 0);
+    const char *want[] = {"b", "b1", "b10", "b2"};
+    int n = 0, rc;
+    while ((rc = s4kv_iter_next(it, err, sizeof err)) == 1) {
+        size_t kl, vl;
+        const char *k = s4kv_iter_key(it, &kl);
+        const char *v = s4kv_iter_value(it, &vl);
+        cr_assert_lt(n, 4);
+        cr_assert_eq(kl, strlen(want[n]));
+        cr_assert(memcmp(k, want[n], kl) == 0, "position %d", n);
+        cr_assert_eq(vl, kl);
+        cr_assert(memcmp(v, k, kl) == 0);
+        if (n == 0) {
+            /* A key deleted after the snapshot is skipped. */
+            cr_assert_eq(s4kv_delete(db, "b10", 3, err, sizeof err), 0);
+            want[2] = "b2";
+        }
+        n++;
+    }
+    cr_assert_eq(rc, 0);
+    cr_assert_eq(n, 3);
+    s4kv_iter_free(it);
+    cr_assert_eq(s4kv_iter_new(db, NULL, 0, S4KV_ITER_KEYS_ONLY, &it, err, sizeof err), 0);
+    n = 0;
+    while (s4kv_iter_next(it, err, sizeof err) == 1)
+        n++;
+    cr_assert_eq(n, 5);
+    s4kv_iter_free(it);
+    s4kv_close(db);
+    tu_rmtree_free(dir);
+}
+
+Test(engine, second_writer_locked_reader_allowed)
+{
+    char *dir = tu_tmpdir("lock");
+    s4kv_options o = small_opts();
+    s4kv_db *db = open_ok(dir, &o);
+    put_ok(db, "k", "v");
+    s4kv_db *db2 = NULL;
+    char err[512] = "";
+    cr_assert_eq(s4kv_open(dir, &o, &db2, err, sizeof err), S4KV_ELOCKED);
+    char want[64];
+    snprintf(want, sizeof want, "locked by pid %ld", (long)getpid());
+    cr_assert(strstr(err, want), "message names the pid: %s", err);
+    s4kv_options ro = o;
+    ro.read_only = 1;
+    db2 = open_ok(dir, &ro);
+    expect_val(db2, "k", "v");
+    cr_assert_eq(s4kv_put(db2, "x", 1, "y", 1, err, sizeof err), S4KV_EREADONLY);
+    put_ok(db, "later", "1");
+    expect_val(db2, "later", NULL); /* snapshot as of open */
+    s4kv_close(db2);
+    s4kv_close(db);
+    tu_rmtree_free(dir);
+}
+
+Test(engine, missing_dir_read_only_and_not_a_db)
+{
+    char *dir = tu_tmpdir("missing");
+    char path[4096];
+    snprintf(path, sizeof path, "%s/nope", dir);
+    s4kv_options o = small_opts();
+    o.read_only = 1;
+    s4kv_db *db = NULL;
+    char err[512] = "";
+    cr_assert_eq(s4kv_open(path, &o, &db, err, sizeof err), S4KV_ENOENT);
+    cr_assert(strstr(err, "no database at"), "%s", err);
+    o.read_only = 0;
+    o.create_if_missing = 0;
+    cr_assert_eq(s4kv_open(path, &o, &db, err, sizeof err), S4KV_ENOENT);
+    o.max_segment_bytes = 10;
+    o.create_if_missing = 1;
+    cr_assert_eq(s4kv_open(path, &o, &db, err, sizeof err), S4KV_EINVAL);
+    tu_rmtree_free(dir);
+}
+
+/* ---- Checkpoint plus replay equals full rebuild */
+
+static void dump_sorted(s4kv_db *db, char **out, size_t *len)
+{
+    char err[512];
+    s4kv_iter *it;
+    cr_assert_eq(s4kv_iter_new(db, NULL, 0, S4KV_ITER_SORTED, &it, err, sizeof err), 0);
+    FILE *f = open_memstream(out, len);
+    while (s4kv_iter_next(it, err, sizeof err) == 1) {
+        size_t kl, vl;
+        const void *k = s4kv_iter_key(it, &kl);
+        const void *v = s4kv_iter_value(it, &vl);
+        fprintf(f, "%zu:", kl);
+        fwrite(k, 1, kl, f);
+        fprintf(f, "=%zu:", vl);
+        fwrite(v, 1, vl, f);
+        fputc('\n', f);
+    }
+    fclose(f);
+    s4kv_iter_free(it);
+}
+
+Test(engine, checkpoint_plus_replay_equals_rebuild)
+{
+    char *dir = tu_tmpdir("ckpt");
+    s4kv_options o = small_opts();
+    s4kv_db *db = open_ok(dir, &o);
+    uint64_t s = 42;
+    char err[512];
+    for (int i = 0; i < 3000; i++) {
+        char k[32], v[64];
+        snprintf(k, sizeof k, "key%llu", (unsigned long long)(tu_rand(&s) % 700));
+        snprintf(v, sizeof v, "value-%d", i);
+        if (i % 7 == 3)
+            s4kv_delete(db, k, strlen(k), err, sizeof err);
+        else
+            put_ok(db, k, v);
+        if (i == 1500)
+            cr_assert_eq(s4kv_checkpoint(db, err, sizeof err), 0, "%s", err);
+    }
+    /* Abandon (no checkpoint on close): reopen = checkpoint at 1500 + replay. */
+    s4kv_stats before;
+    s4kv_stats_get(db, &before);
+    char *a, *b;
+    size_t al, bl;
+    dump_sorted(db, &a, &al);
+    s4kv__abandon(db);
+    db = open_ok(dir, &o);
+    char *c;
+    size_t cl;
+    dump_sorted(db, &c, &cl);
+    cr_assert_eq(cl, al);
+    cr_assert(memcmp(a, c, al) == 0, "checkpoint + replay differs from the live state");
+    cr_assert_eq(s4kv_rebuild_index(db, err, sizeof err), 0, "%s", err);
+    dump_sorted(db, &b, &bl);
+    cr_assert_eq(bl, al);
+    cr_assert(memcmp(a, b, al) == 0, "full rebuild differs from checkpoint + replay");
+    s4kv_stats after;
+    s4kv_stats_get(db, &after);
+    cr_assert_eq(after.keys, before.keys);
+    cr_assert_eq(after.live_bytes, before.live_bytes);
+    cr_assert_geq(after.next_seq, before.next_seq);
+    s4kv_verify_report rep;
+    cr_assert_eq(s4kv_verify(db, &rep, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(rep.keys, before.keys);
+    s4kv_close(db);
+    free(a);
+    free(b);
+    free(c);
+    tu_rmtree_free(dir);
+}
+
+/* ---- Compaction against a model, many seeds */
+
+#define MKEYS 300
+
+typedef struct model {
+    char *val[MKEYS];
+    size_t len[MKEYS];
+} model;
+
+static void model_check(s4kv_db *db, const model *m, int seed)
+{
+    char err[512];
+    for (int i = 0; i < MKEYS; i++) {
+        char k[16];
+        snprintf(k, sizeof k, "m%03d", i);
+        void *v = NULL;
+        size_t n;
+        int rc = s4kv_get(db, k, strlen(k), &v, &n, err, sizeof err);
+        if (!m->val[i]) {
+            cr_assert_eq(rc, S4KV_ENOTFOUND, "seed %d key %s: expected absent, rc %d", seed, k, rc);
+        } else {
+            cr_assert_eq(rc, 0, "seed %d key %s: %s", seed, k, err);
+            cr_assert_eq(n, m->len[i], "seed %d key %s", seed, k);
+            cr_assert(memcmp(v, m->val[i], n) == 0, "seed %d key %s: wrong bytes", seed, k);
+            s4kv_free(v);
+        }
+    }
+    s4kv_stats st;
+    s4kv_stats_get(db, &st);
+    size_t live = 0;
+    for (int i = 0; i < MKEYS; i++)
+        live += m->val[i] != NULL;
+    cr_assert_eq(st.keys, live, "seed %d: key count", seed);
+}
+
+Test(engine, compaction_model_many_seeds)
+{
+    for (int seed = 1; seed <= 12; seed++) {
+        char *dir = tu_tmpdir("model");
+        s4kv_options o = small_opts();
+        o.max_segment_bytes = 4096 + (uint64_t)seed * 512;
+        s4kv_db *db = open_ok(dir, &o);
+        model m = {{0}, {0}};
+        uint64_t s = (uint64_t)seed;
+        char err[512];
+        s4kv_batch *b = s4kv_batch_new();
+        for (int step = 0; step < 1500; step++) {
+            uint64_t r = tu_rand(&s) % 100;
+            int ki = (int)(tu_rand(&s) % MKEYS);
+            char k[16];
+            snprintf(k, sizeof k, "m%03d", ki);
+            if (r < 55) {
+                size_t n = tu_rand(&s) % 200;
+                char *v = malloc(n + 1);
+                for (size_t j = 0; j < n; j++)
+                    v[j] = (char)(j % 3 ? 'a' + (int)(tu_rand(&s) % 4) : 0);
+                cr_assert_eq(s4kv_put(db, k, strlen(k), v, n, err, sizeof err), 0, "%s", err);
+                free(m.val[ki]);
+                m.val[ki] = v;
+                m.len[ki] = n;
+            } else if (r < 75) {
+                cr_assert_eq(s4kv_delete(db, k, strlen(k), err, sizeof err), 0);
+                free(m.val[ki]);
+                m.val[ki] = NULL;
+            } else if (r < 90) {
+                /* a batch of puts and deletes */
+                s4kv_batch_clear(b);
+                int cnt = 1 + (int)(tu_rand(&s) % 8);
+                for (int j = 0; j < cnt; j++) {
+                    int kj = (int)(tu_rand(&s) % MKEYS);
+                    char kk[16];
+                    snprintf(kk, sizeof kk, "m%03d", kj);
+                    free(m.val[kj]);
+                    m.val[kj] = NULL;
+                    if (tu_rand(&s) % 3) {
+                        char *v = malloc(16);
+                        int n = snprintf(v, 16, "b%d-%d", step, j);
+                        s4kv_batch_put(b, kk, strlen(kk), v, (size_t)n);
+                        m.val[kj] = v;
+                        m.len[kj] = (size_t)n;
+                    } else {
+                        s4kv_batch_delete(b, kk, strlen(kk));
+                    }
+                }
+                cr_assert_eq(s4kv_write(db, b, err, sizeof err), 0, "%s", err);
+            } else if (r < 94) {
+                cr_assert_eq(s4kv_compact(db, err, sizeof err), 0, "seed %d: %s", seed, err);
+                s4kv_stats st;
+                s4kv_stats_get(db, &st);
+                /* After compaction only segment and batch headers are garbage. */
+                cr_assert_lt(st.garbage_bytes, st.segments * 32 + st.segment_bytes / 10 + 64,
+                             "seed %d: garbage %llu after compaction", seed,
+                             (unsigned long long)st.garbage_bytes);
+                model_check(db, &m, seed);
+            } else if (r < 97) {
+                cr_assert_eq(s4kv_close(db), 0);
+                db = open_ok(dir, &o);
+            } else {
+                s4kv__abandon(db); /* process crash: no checkpoint, no sync */
+                db = open_ok(dir, &o);
+            }
+        }
+        model_check(db, &m, seed);
+        s4kv_verify_report rep;
+        cr_assert_eq(s4kv_verify(db, &rep, err, sizeof err), 0, "seed %d: %s", seed, err);
+        cr_assert_eq(s4kv_compact(db, err, sizeof err), 0, "%s", err);
+        s4kv_close(db);
+        db = open_ok(dir, &o);
+        model_check(db, &m, seed);
+        s4kv_close(db);
+        s4kv_batch_free(b);
+        for (int i = 0; i < MKEYS; i++)
+            free(m.val[i]);
+        tu_rmtree_free(dir);
+    }
+}
+
+/* ---- Group commit: many threads, durable mode */
+
+typedef struct tw {
+    s4kv_db *db;
+    int id, n;
+} tw;
+
+static void *writer_thread(void *arg)
+{
+    tw *t = arg;
+    char err[512];
+    for (int i = 0; i < t->n; i++) {
+        char k[32], v[32];
+        snprintf(k, sizeof k, "t%d-%d", t->id, i);
+        snprintf(v, sizeof v, "v%d", i);
+        if (s4kv_put(t->db, k, strlen(k), v, strlen(v), err, sizeof err) != 0)
+            return (void *)1;
+    }
+    return NULL;
+}
+
+Test(engine, group_commit_threads)
+{
+    char *dir = tu_tmpdir("group");
+    s4kv_options o = small_opts();
+    o.sync_mode = S4KV_SYNC_BATCH;
+    o.max_segment_bytes = 64 << 10;
+    s4kv_db *db = open_ok(dir, &o);
+    pthread_t th[8];
+    tw args[8];
+    for (int i = 0; i < 8; i++) {
+        args[i] = (tw){db, i, 150};
+        pthread_create(&th[i], NULL, writer_thread, &args[i]);
+    }
+    for (int i = 0; i < 8; i++) {
+        void *r;
+        pthread_join(th[i], &r);
+        cr_assert_null(r, "writer %d failed", i);
+    }
+    s4kv__abandon(db);
+    db = open_ok(dir, &o);
+    s4kv_stats st;
+    s4kv_stats_get(db, &st);
+    cr_assert_eq(st.keys, 8 * 150);
+    expect_val(db, "t7-149", "v149");
+    s4kv_close(db);
+    tu_rmtree_free(dir);
+}
+
+Test(engine, interval_mode_syncs)
+{
+    char *dir = tu_tmpdir("interval");
+    s4kv_options o = small_opts();
+    o.sync_mode = S4KV_SYNC_INTERVAL;
+    o.sync_interval_ms = 10;
+    vfs_fault *f = vfs_fault_new();
+    s4kv_db *db = NULL;
+    char err[512];
+    cr_assert_eq(s4kv__open_vfs(dir, &o, vfs_fault_vfs(f), NULL, &db, err, sizeof err), 0);
+    put_ok(db, "k", "v");
+    long before = vfs_fault_syncs(f);
+    usleep(100 * 1000);
+    cr_assert_gt(vfs_fault_syncs(f), before, "the interval thread fdatasynced");
+    /* The synced write survives a power loss. */
+    s4kv__abandon(db);
+    vfs_fault_crash(f, 0);
+    db = open_ok(dir, &o);
+    expect_val(db, "k", "v");
+    s4kv_close(db);
+    vfs_fault_free(f);
+    tu_rmtree_free(dir);
+}
+
+/* ---- Remote seam */
+
+typedef struct rctx {
+    char dir[4096];
+    int calls, lie;
+} rctx;
+
+static int fake_read_range(void *ctx, uint32_t segno, uint64_t off, void *buf, size_t len,
+                           char *err, size_t errlen)
+{
+    rctx *c = ctx;
+    c->calls++;
+    char path[4200];
+    snprintf(path, sizeof path, "%s/data_%06u.s4kv", c->dir, segno);
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return seterr(err, errlen, S4KV_EREMOTE, "remote: no object %s", path);
+    size_t got = (fseek(f, (long)off, SEEK_SET) == 0) ? fread(buf, 1, len, f) : 0;
+    fclose(f);
+    if (got != len)
+        return seterr(err, errlen, S4KV_EREMOTE, "remote: short read");
+    if (c->lie)
+        ((uint8_t *)buf)[len / 2] ^= 0x40;
+    return 0;
+}
+
+Test(engine, remote_seam_one_read_per_get_and_checked)
+{
+    char *dir = tu_tmpdir("remote");
+    char *far = tu_tmpdir("remote-far");
+    s4kv_options o = small_opts();
+    s4kv_db *db = open_ok(dir, &o);
+    for (int i = 0; i < 400; i++) {
+        char k[16];
+        snprintf(k, sizeof k, "r%d", i);
+        put_ok(db, k, "a value that is long enough to fill a few segments quickly");
+    }
+    s4kv_close(db);
+    /* Move every sealed segment to the "remote" directory. */
+    char src[4200], dst[4200];
+    int moved = 0;
+    for (int no = 1; no < 100; no++) {
+        snprintf(src, sizeof src, "%s/data_%06d.s4kv", dir, no);
+        snprintf(dst, sizeof dst, "%s/data_%06d.s4kv", far, no);
+        if (access(src, F_OK) != 0)
+            continue;
+        char mpath[4200];
+        snprintf(mpath, sizeof mpath, "%s/MANIFEST", dir);
+        size_t ml;
+        char *man = (char *)tu_read_file(mpath, &ml);
+        char needle[64];
+        snprintf(needle, sizeof needle, "segment %d sealed", no);
+        int sealed = strstr(man, needle) != NULL;
+        free(man);
+        if (sealed && rename(src, dst) == 0)
+            moved++;
+    }
+    cr_assert_gt(moved, 1);
+    rctx c = {.calls = 0};
+    snprintf(c.dir, sizeof c.dir, "%s", far);
+    s4kv_remote rem = {fake_read_range, &c};
+    o.remote = &rem;
+    o.read_only = 1;
+    db = open_ok(dir, &o);
+    c.calls = 0;
+    expect_val(db, "r0", "a value that is long enough to fill a few segments quickly");
+    cr_assert_eq(c.calls, 1, "exactly one ranged read per get");
+    c.lie = 1;
+    void *v;
+    size_t n;
+    char err[512];
+    cr_assert_eq(s4kv_get(db, "r1", 2, &v, &n, err, sizeof err), S4KV_ECORRUPT);
+    cr_assert(strstr(err, "data_000001.s4kv offset"), "names segment and offset: %s", err);
+    s4kv_close(db);
+    /* Without the seam the missing segment is a clear error at open. */
+    o.remote = NULL;
+    cr_assert_neq(s4kv_open(dir, &o, &db, err, sizeof err), 0);
+    cr_assert(strstr(err, "named by MANIFEST"), "%s", err);
+    tu_rmtree_free(dir);
+    tu_rmtree_free(far);
+}
