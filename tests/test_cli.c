@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -653,6 +654,41 @@ Test(cli, dir_option_spellings_and_env)
     expect(&r, 0, "v1", 2, "$S4KV_DIR");
     res_free(&r);
     unsetenv("S4KV_DIR");
+    free(db);
+    tu_rmtree_free(tmp);
+}
+
+Test(cli, locked_database_exits_5)
+{
+    char *tmp = tu_tmpdir("cli");
+    char *db = db_path(tmp, "db");
+    res r = RUN(db, "put", "k", "v");
+    expect(&r, 0, "", 0, "put");
+    res_free(&r);
+    /* hold the writer lock the way a read-write handle does (kv/FORMAT.md) */
+    char *lock = db_path(db, "LOCK");
+    int fd = open(lock, O_RDWR | O_CREAT, 0644);
+    cr_assert(fd >= 0);
+    cr_assert_eq(flock(fd, LOCK_EX | LOCK_NB), 0);
+    r = RUN(db, "put", "k", "w");
+    cr_assert_eq(r.rc, 5, "put beside a writer: exit %d: %s", r.rc, r.err);
+    expect_err(&r, "locked", "put beside a writer");
+    res_free(&r);
+    r = RUNI(db, "a\t1\n", 4, "import", "--format", "tsv");
+    cr_assert_eq(r.rc, 5, "import beside a writer: exit %d: %s", r.rc, r.err);
+    res_free(&r);
+    /* read-only commands run beside the writer */
+    r = RUN(db, "get", "k");
+    expect(&r, 0, "v", 1, "get beside a writer");
+    res_free(&r);
+    r = RUN(db, "keys");
+    expect(&r, 0, "k\n", 2, "keys beside a writer");
+    res_free(&r);
+    close(fd);
+    r = RUN(db, "put", "k", "w");
+    expect(&r, 0, "", 0, "put after the lock is released");
+    res_free(&r);
+    free(lock);
     free(db);
     tu_rmtree_free(tmp);
 }

@@ -295,7 +295,9 @@ static int open_db(cli *c, int writable, int create, int progress, s4kv_db **db)
     int rc = s4kv_open(c->dir, &opt, db, err, sizeof err);
     if (rc == 0)
         return EX_OK;
-    if (rc == S4KV_ENOENT)
+    if (rc == S4KV_ENOENT && strstr(err, "no database at"))
+        msg("%s", err);
+    else if (rc == S4KV_ENOENT)
         msg("no database at %s (%s)", c->dir, detail(err, rc));
     else if (rc == S4KV_ELOCKED)
         msg("database %s is locked by another writer (%s)", c->dir, detail(err, rc));
@@ -454,10 +456,11 @@ static int cmd_delete(cli *c)
         return EX_ERR;
     }
     for (int i = 0; i < c->npos; i++) {
-        if (s4kv_batch_delete(b, c->pos[i], strlen(c->pos[i])) != 0) {
-            msg("delete: too many keys for one batch");
+        int rc = s4kv_batch_delete(b, c->pos[i], strlen(c->pos[i]));
+        if (rc != 0) {
+            msg("delete: %s", s4kv_strerror(rc));
             s4kv_batch_free(b);
-            return EX_USAGE;
+            return rc == S4KV_EINVAL ? EX_USAGE : EX_ERR;
         }
     }
     s4kv_db *db;
@@ -708,10 +711,11 @@ static int cmd_compact(cli *c)
         uint64_t freed = before.segment_bytes > after.segment_bytes
                              ? before.segment_bytes - after.segment_bytes : 0;
         fprintf(stderr,
-                "compacted %s in %.2f s: %llu segments (%s) -> %llu segments (%s), "
+                "compacted %s in %.2f s: %llu segment%s (%s) -> %llu segment%s (%s), "
                 "%s reclaimed, %llu keys\n",
                 c->dir, now() - t0, (unsigned long long)before.segments,
-                hsize(before.segment_bytes, a), (unsigned long long)after.segments,
+                before.segments == 1 ? "" : "s", hsize(before.segment_bytes, a),
+                (unsigned long long)after.segments, after.segments == 1 ? "" : "s",
                 hsize(after.segment_bytes, b), hsize(freed, g),
                 (unsigned long long)after.keys);
     }
@@ -779,9 +783,10 @@ static int cmd_verify(cli *c)
         st = EX_CORRUPT;
     } else if (st == EX_OK) {
         char a[32];
-        fprintf(stderr, "verified %s in %.2f s: %llu records in %llu segments (%s), no problems\n",
-                c->dir, now() - t0, (unsigned long long)rep.records,
-                (unsigned long long)rep.segments, hsize(rep.bytes, a));
+        fprintf(stderr, "verified %s in %.2f s: %llu records in %llu segment%s (%s), "
+                "no problems\n", c->dir, now() - t0, (unsigned long long)rep.records,
+                (unsigned long long)rep.segments, rep.segments == 1 ? "" : "s",
+                hsize(rep.bytes, a));
     }
     return close_db(c, db, st);
 }
@@ -1082,8 +1087,9 @@ int main(int argc, char **argv)
     int st = run(argc, argv, &c);
     free(c.pos);
     progress_clear(&c);
-    /* stdout may still hold buffered output, and close can fail too */
-    if (fclose(stdout) != 0 && st == EX_OK)
+    /* stdout may still hold buffered output (a failed flush is an error;
+     * a command that printed nothing does not care whether fd 1 is open) */
+    if ((fflush(stdout) != 0 || ferror(stdout)) && st == EX_OK)
         st = out_error();
     return st;
 }
