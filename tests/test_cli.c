@@ -372,6 +372,25 @@ Test(cli, import_error_names_line_and_keeps_batches)
     expect(&r, 1, "", 0, "nothing of the failed batch is committed");
     res_free(&r);
 
+    /* a key past S4KV_MAX_KEY_BYTES names its line */
+    size_t biglen = 70000;
+    char *big = malloc(biglen + 16);
+    memcpy(big, "ok\t1\n", 5);
+    memset(big + 5, 'K', biglen);
+    memcpy(big + 5 + biglen, "\tv\n", 3);
+    r = RUNI(db, big, biglen + 8, "import", "--format", "tsv", "--batch", "1");
+    cr_assert_eq(r.rc, 3, "oversized key: exit %d: %s", r.rc, r.err);
+    expect_err(&r, "line 2", "oversized key");
+    expect_err(&r, "65535", "oversized key");
+    expect_err(&r, "1 records imported before the error", "oversized key");
+    res_free(&r);
+    big[biglen] = 0;
+    r = RUN(db, "put", big + 5, "v");
+    cr_assert_eq(r.rc, 2, "put of an oversized key: exit %d: %s", r.rc, r.err);
+    expect_err(&r, "65535", "put of an oversized key");
+    res_free(&r);
+    free(big);
+
     static const char empty_key[] = "\tvalue\n";
     r = RUNI(db, empty_key, sizeof empty_key - 1, "import", "--format", "tsv");
     cr_assert_eq(r.rc, 3);
