@@ -1,0 +1,395 @@
+/*
+ * test_checkpoint.c - the index checkpoint codec (index/checkpoint.c):
+ * round trips, the exact byte layout of kv/FORMAT.md, and rejection of every
+ * bit flip, every truncation and each kind of malformed content.
+ */
+#include <criterion/criterion.h>
+#include <criterion/logging.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <xxhash.h>
+
+#include "keydir.h"
+#include "util.h"
+
+/* ---- helpers */
+
+static void le32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void le64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint64_t rd64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = v << 8 | p[i];
+    return v;
+}
+
+static uint32_t rd32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+           (uint32_t)p[3] << 24;
+}
+
+/* Recomputes both checksums after a test edits a buffer, so that the
+ * decoder's structural checks, not the checksums, must catch the edit. */
+static void reseal(uint8_t *buf, size_t len)
+{
+    le64(buf + 48, XXH3_64bits(buf, 48));
+    le64(buf + len - 8, XXH3_64bits(buf + 56, len - 64));
+}
+
+static ckpt_header sample_header(void)
+{
+    ckpt_header h = {.generation = 0x0102030405060708ull,
+                     .pos_seg = 0xa1b2c3d4u,
+                     .pos_off = 0x1122334455667788ull,
+                     .next_seq = 0x99aabbccddeeff00ull,
+                     .count = 12345 /* must be overwritten */};
+    return h;
+}
+
+/* A keydir of n random keys (1..40 bytes, binary) with random locations. */
+static keydir *random_keydir(size_t n, uint64_t seed)
+{
+    keydir *kd = keydir_new(0, NULL);
+    cr_assert_not_null(kd);
+    uint8_t k[48];
+    while (keydir_count(kd) < n) {
+        uint64_t r = tu_rand(&seed);
+        size_t klen = 1 + r % 40;
+        for (size_t i = 0; i < klen; i += 8) {
+            uint64_t x = tu_rand(&seed);
+            memcpy(k + i, &x, 8);
+        }
+        keydir_loc l = {(uint32_t)tu_rand(&seed), (uint32_t)r, (uint32_t)(r >> 32)};
+        cr_assert_geq(keydir_put(kd, k, klen, l, NULL), 0);
+    }
+    return kd;
+}
+
+/* Same keys, same locations, both ways. */
+static void assert_same(const keydir *a, const keydir *b)
+{
+    cr_assert_eq(keydir_count(a), keydir_count(b));
+    size_t pos = 0, klen;
+    const void *key;
+    keydir_loc la, lb;
+    while (keydir_next(a, &pos, &key, &klen, &la)) {
+        cr_assert_eq(keydir_get(b, key, klen, &lb), 1, "key missing after decode");
+        cr_assert(la.seg == lb.seg && la.off == lb.off && la.len == lb.len,
+                  "location differs after decode");
+    }
+}
+
+/* Decodes a buffer that must be rejected; checks err and that *out and *h
+ * were left alone. */
+static void assert_rejected(const uint8_t *buf, size_t len, const char *want,
+                            const char *what)
+{
+    keydir *sentinel = (keydir *)(uintptr_t)0x1, *out = sentinel;
+    ckpt_header h;
+    memset(&h, 0xab, sizeof(h));
+    char err[256] = "";
+    int r = ckpt_decode(buf, len, NULL, &h, &out, err, sizeof(err));
+    if (r == 0 && out != sentinel)
+        keydir_free(out);
+    cr_assert_eq(r, -1, "%s: accepted", what);
+    cr_assert(out == sentinel, "%s: *out touched", what);
+    cr_assert_neq(err[0], 0, "%s: no reason given", what);
+    cr_assert_null(strchr(err, '\n'), "%s: reason is not one line", what);
+    if (want)
+        cr_assert_not_null(strstr(err, want), "%s: reason \"%s\" lacks \"%s\"", what,
+                           err, want);
+}
+
+/* ---- tests */
+
+Test(checkpoint, round_trip)
+{
+    keydir *kd = random_keydir(10000, 3);
+    ckpt_header h = sample_header(), h2;
+    uint8_t *buf;
+    size_t len;
+    cr_assert_eq(ckpt_encode(kd, &h, &buf, &len), 0);
+    cr_assert_eq(h.count, 10000, "encode sets count");
+    keydir *out = NULL;
+    char err[128] = "";
+    cr_assert_eq(ckpt_decode(buf, len, NULL, &h2, &out, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(h2.generation, h.generation);
+    cr_assert_eq(h2.pos_seg, h.pos_seg);
+    cr_assert_eq(h2.pos_off, h.pos_off);
+    cr_assert_eq(h2.next_seq, h.next_seq);
+    cr_assert_eq(h2.count, 10000);
+    assert_same(kd, out);
+    assert_same(out, kd);
+
+    /* re-encoding the decoded keydir gives the same size and header */
+    uint8_t *buf2;
+    size_t len2;
+    cr_assert_eq(ckpt_encode(out, &h2, &buf2, &len2), 0);
+    cr_assert_eq(len2, len);
+    cr_assert_eq(memcmp(buf, buf2, 56), 0);
+    free(buf2);
+    free(buf);
+    keydir_free(out);
+    keydir_free(kd);
+}
+
+Test(checkpoint, empty_keydir)
+{
+    keydir *kd = keydir_new(0, NULL);
+    ckpt_header h = sample_header(), h2;
+    uint8_t *buf;
+    size_t len;
+    cr_assert_eq(ckpt_encode(kd, &h, &buf, &len), 0);
+    cr_assert_eq(len, 64);
+    cr_assert_eq(h.count, 0);
+    keydir *out = NULL;
+    char err[128] = "";
+    cr_assert_eq(ckpt_decode(buf, len, NULL, &h2, &out, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(keydir_count(out), 0);
+    cr_assert_eq(h2.next_seq, h.next_seq);
+    free(buf);
+    keydir_free(out);
+    keydir_free(kd);
+}
+
+/* The byte layout of kv/FORMAT.md, checked field by field. */
+Test(checkpoint, exact_layout)
+{
+    keydir *kd = keydir_new(0, NULL);
+    keydir_loc l = {0x01020304u, 0x05060708u, 0x090a0b0cu};
+    keydir_put(kd, "k\0y", 3, l, NULL);
+    ckpt_header h = sample_header();
+    uint8_t *buf;
+    size_t len;
+    cr_assert_eq(ckpt_encode(kd, &h, &buf, &len), 0);
+    cr_assert_eq(len, 56 + 14 + 3 + 8);
+    cr_assert_eq(memcmp(buf, "S4KVIDX1", 8), 0);
+    cr_assert_eq(rd32(buf + 8), 1);
+    cr_assert_eq(rd32(buf + 12), h.pos_seg);
+    cr_assert_eq(rd64(buf + 16), h.pos_off);
+    cr_assert_eq(rd64(buf + 24), h.next_seq);
+    cr_assert_eq(rd64(buf + 32), h.generation);
+    cr_assert_eq(rd64(buf + 40), 1);
+    cr_assert_eq(rd64(buf + 48), XXH3_64bits(buf, 48));
+    static const uint8_t ent[] = {4, 3, 2, 1, 8, 7, 6, 5, 12, 11, 10, 9, 3, 0, 'k', 0, 'y'};
+    cr_assert_eq(memcmp(buf + 56, ent, sizeof(ent)), 0);
+    cr_assert_eq(rd64(buf + 73), XXH3_64bits(buf + 56, 17));
+    free(buf);
+    keydir_free(kd);
+}
+
+Test(checkpoint, max_key_length)
+{
+    keydir *kd = keydir_new(0, NULL);
+    uint8_t *k = malloc(65535);
+    cr_assert_not_null(k);
+    memset(k, 'x', 65535);
+    keydir_loc l = {1, 2, 3};
+    keydir_put(kd, k, 65535, l, NULL);
+    keydir_put(kd, k, 1, l, NULL);
+    ckpt_header h = sample_header(), h2;
+    uint8_t *buf;
+    size_t len;
+    cr_assert_eq(ckpt_encode(kd, &h, &buf, &len), 0);
+    keydir *out = NULL;
+    char err[128] = "";
+    cr_assert_eq(ckpt_decode(buf, len, NULL, &h2, &out, err, sizeof(err)), 0, "%s", err);
+    assert_same(kd, out);
+    free(buf);
+    free(k);
+    keydir_free(out);
+    keydir_free(kd);
+}
+
+Test(checkpoint, every_bit_flip_rejected, .timeout = 60)
+{
+    keydir *kd = random_keydir(5, 11);
+    ckpt_header h = sample_header();
+    uint8_t *buf;
+    size_t len;
+    cr_assert_eq(ckpt_encode(kd, &h, &buf, &len), 0);
+    uint8_t *copy = malloc(len);
+    cr_assert_not_null(copy);
+    char what[64];
+    for (size_t i = 0; i < len; i++) {
+        for (int b = 0; b <= 8; b++) {
+            memcpy(copy, buf, len);
+            copy[i] ^= b < 8 ? (uint8_t)(1u << b) : 0xff;
+            snprintf(what, sizeof(what), "flip byte %zu mask %d", i, b);
+            assert_rejected(copy, len, NULL, what);
+        }
+    }
+    free(copy);
+    free(buf);
+    keydir_free(kd);
+}
+
+Test(checkpoint, every_truncation_and_extension_rejected)
+{
+    keydir *kd = random_keydir(5, 12);
+    ckpt_header h = sample_header();
+    uint8_t *buf;
+    size_t len;
+    cr_assert_eq(ckpt_encode(kd, &h, &buf, &len), 0);
+    char what[64];
+    for (size_t n = 0; n < len; n++) {
+        /* a copy of exactly n bytes, so ASan sees any read past the end */
+        uint8_t *t = malloc(n ? n : 1);
+        memcpy(t, buf, n);
+        snprintf(what, sizeof(what), "truncated to %zu", n);
+        assert_rejected(n ? t : NULL, n, n < 64 ? "truncated" : NULL, what);
+        free(t);
+    }
+    uint8_t *ext = malloc(len + 1);
+    memcpy(ext, buf, len);
+    ext[len] = 0;
+    assert_rejected(ext, len + 1, NULL, "one byte appended");
+    free(ext);
+    free(buf);
+    keydir_free(kd);
+}
+
+/* Structural errors behind valid checksums. */
+Test(checkpoint, malformed_content_rejected)
+{
+    keydir *kd = keydir_new(0, NULL);
+    keydir_loc l = {1, 2, 3};
+    keydir_put(kd, "aa", 2, l, NULL);
+    keydir_put(kd, "bb", 2, l, NULL);
+    ckpt_header h = sample_header();
+    uint8_t *buf;
+    size_t len;
+    cr_assert_eq(ckpt_encode(kd, &h, &buf, &len), 0);
+    cr_assert_eq(len, 56 + 2 * 16 + 8);
+    uint8_t *b = malloc(len);
+
+    memcpy(b, buf, len);
+    memcpy(b, "S4KVSEG1", 8);
+    reseal(b, len);
+    assert_rejected(b, len, "magic", "bad magic");
+
+    memcpy(b, buf, len);
+    le32(b + 8, 2);
+    reseal(b, len);
+    assert_rejected(b, len, "version", "version 2");
+
+    memcpy(b, buf, len);
+    le64(b + 48, rd64(b + 48) ^ 1);
+    assert_rejected(b, len, "header checksum", "header checksum");
+
+    memcpy(b, buf, len);
+    b[len - 1] ^= 0x80;
+    assert_rejected(b, len, "trailer checksum", "trailer checksum");
+
+    static const uint64_t counts[] = {0, 1, 3, 4, 1000, UINT64_MAX, (uint64_t)1 << 63};
+    for (size_t i = 0; i < sizeof(counts) / sizeof(counts[0]); i++) {
+        memcpy(b, buf, len);
+        le64(b + 40, counts[i]);
+        reseal(b, len);
+        assert_rejected(b, len, NULL, "wrong count");
+    }
+
+    /* key length 0 */
+    memcpy(b, buf, len);
+    b[56 + 12] = 0;
+    b[56 + 13] = 0;
+    reseal(b, len);
+    assert_rejected(b, len, "key length 0", "key length 0");
+
+    /* second key length runs past the trailer */
+    memcpy(b, buf, len);
+    b[56 + 16 + 12] = 0xff;
+    b[56 + 16 + 13] = 0xff;
+    reseal(b, len);
+    assert_rejected(b, len, "truncated", "key past the end");
+
+    /* first key length 3 swallows a byte of the second entry */
+    memcpy(b, buf, len);
+    b[56 + 12] = 3;
+    reseal(b, len);
+    assert_rejected(b, len, NULL, "misframed entries");
+
+    /* duplicate key: make the second key equal the first */
+    memcpy(b, buf, len);
+    memcpy(b + 56 + 16 + 14, b + 56 + 14, 2);
+    reseal(b, len);
+    assert_rejected(b, len, "duplicate", "duplicate key");
+
+    /* the untouched buffer still decodes */
+    keydir *out = NULL;
+    ckpt_header h2;
+    char err[128] = "";
+    cr_assert_eq(ckpt_decode(buf, len, NULL, &h2, &out, err, sizeof(err)), 0, "%s", err);
+    keydir_free(out);
+    free(b);
+    free(buf);
+    keydir_free(kd);
+}
+
+Test(checkpoint, random_garbage_rejected)
+{
+    uint64_t st = 77;
+    uint8_t b[300];
+    for (int i = 0; i < 2000; i++) {
+        size_t n = tu_rand(&st) % sizeof(b);
+        for (size_t j = 0; j < n; j++)
+            b[j] = (uint8_t)tu_rand(&st);
+        if (n >= 8 && (i & 1))
+            memcpy(b, "S4KVIDX1", 8);
+        if (n >= 64 && (i & 2)) {
+            le32(b + 8, 1);
+            le64(b + 40, (n - 64) / 16);
+            reseal(b, n);
+        }
+        assert_rejected(b, n, NULL, "random bytes");
+    }
+}
+
+Test(checkpoint, one_million_entries_timing, .timeout = 120)
+{
+    const size_t n = 1000000;
+    keydir *kd = keydir_new(n, NULL);
+    uint8_t k[16];
+    uint64_t st = 5;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t a = tu_rand(&st);
+        memcpy(k, &a, 8);
+        memcpy(k + 8, &i, 8);
+        keydir_loc l = {(uint32_t)(i >> 16), (uint32_t)i, 64};
+        keydir_put(kd, k, 16, l, NULL);
+    }
+    ckpt_header h = sample_header(), h2;
+    uint8_t *buf;
+    size_t len;
+    struct timespec t0, t1, t2;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    cr_assert_eq(ckpt_encode(kd, &h, &buf, &len), 0);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    keydir *out = NULL;
+    char err[128] = "";
+    cr_assert_eq(ckpt_decode(buf, len, NULL, &h2, &out, err, sizeof(err)), 0, "%s", err);
+    clock_gettime(CLOCK_MONOTONIC, &t2);
+    double enc = (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
+    double dec = (t2.tv_sec - t1.tv_sec) + (t2.tv_nsec - t1.tv_nsec) / 1e9;
+    cr_log_info("checkpoint: 1M 16-byte keys, %zu bytes: encode %.3f s, decode %.3f s",
+                len, enc, dec);
+    cr_assert_eq(len, 64 + n * 30);
+    assert_same(kd, out);
+    free(buf);
+    keydir_free(out);
+    keydir_free(kd);
+}
