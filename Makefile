@@ -7,7 +7,9 @@
 # installs the missing ones when run as root (demo and test depend on it).
 
 PREFIX ?= /usr/local
-CC ?= gcc
+ifeq ($(origin CC),default)
+CC := gcc
+endif
 SAN ?= 0
 
 PKGS_LIB := snappy libxxhash
@@ -94,7 +96,8 @@ deps:
 # The README's test command. S4KV_BIN lets the CLI tests run the binary.
 test: deps
 	$(MAKE) --no-print-directory all $(B)/s4kv-test SAN=$(SAN)
-	S4KV_BIN=$(CURDIR)/$(B)/s4kv ASAN_OPTIONS=detect_leaks=1 $(B)/s4kv-test --jobs 2
+	S4KV_BIN=$(CURDIR)/$(B)/s4kv ASAN_OPTIONS=detect_leaks=1 \
+		LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp $(B)/s4kv-test --jobs 2
 
 demo: deps
 	$(MAKE) --no-print-directory all SAN=$(SAN)

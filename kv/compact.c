@@ -277,7 +277,8 @@ int s4kv_compact(s4kv_db *db, char *err, size_t errlen)
         return rc;
     }
     /* Switch the in-memory state to [outputs..., active]. */
-    memcpy(newsegs, o.segs, o.n * sizeof *newsegs);
+    if (o.n)
+        memcpy(newsegs, o.segs, o.n * sizeof *newsegs);
     newsegs[o.n] = a;
     pthread_rwlock_wrlock(&db->rw);
     oldsegs = db->segs;
