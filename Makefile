@@ -78,10 +78,12 @@ $(B)/s4kv-test: $(TEST_OBJ) $(CLI_LIBOBJ) $(B)/libs4kv.a
 $(B)/s4kv-bench: $(BENCH_OBJ) $(B)/libs4kv.a
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIB_LIBS) -lm
 
+# pkg-config file for prefix $(1), written to $(2).
+write_pc = printf 'prefix=%s\nlibdir=$${prefix}/lib\nincludedir=$${prefix}/include\n\nName: s4kv\nDescription: log-structured key-value store\nVersion: 0.1.0\nRequires.private: %s\nLibs: -L$${libdir} -ls4kv\nLibs.private: -lpthread\nCflags: -I$${includedir}\n' '$(1)' '$(PKGS_LIB)' > $(2)
+
 $(B)/s4kv.pc: Makefile
 	@mkdir -p $(B)
-	printf 'prefix=%s\nlibdir=$${prefix}/lib\nincludedir=$${prefix}/include\n\nName: s4kv\nDescription: log-structured key-value store\nVersion: 0.1.0\nRequires.private: %s\nLibs: -L$${libdir} -ls4kv\nLibs.private: -lpthread\nCflags: -I$${includedir}\n' \
-		'$(PREFIX)' '$(PKGS_LIB)' > $@
+	$(call write_pc,$(PREFIX),$@)
 
 # Installs the Debian packages the build and tests need, when any is missing.
 deps:
@@ -113,7 +115,7 @@ install: all
 	install -m 0644 $(B)/libs4kv.a $(DESTDIR)$(PREFIX)/lib/
 	install -m 0755 $(B)/libs4kv.so $(DESTDIR)$(PREFIX)/lib/libs4kv.so.0
 	ln -sf libs4kv.so.0 $(DESTDIR)$(PREFIX)/lib/libs4kv.so
-	install -m 0644 $(B)/s4kv.pc $(DESTDIR)$(PREFIX)/lib/pkgconfig/
+	$(call write_pc,$(PREFIX),$(DESTDIR)$(PREFIX)/lib/pkgconfig/s4kv.pc)
 	install -m 0755 $(B)/s4kv $(DESTDIR)$(PREFIX)/bin/
 
 clean:

@@ -452,17 +452,20 @@ int s4kv_verify(s4kv_db *db, s4kv_verify_report *rep, char *err, size_t errlen)
         while (keydir_next(c.kd, &pos, &k, &kl, &a)) {
             if (!keydir_get(db->kd, k, kl, &b) || a.seg != b.seg || a.off != b.off ||
                 a.len != b.len) {
+                char kb[300];
                 rep->index_mismatches++;
-                db_log(db, "verify: the index and the log disagree on a key of %zu bytes "
-                           "(log: data_%06u.s4kv offset %u)", kl, a.seg, a.off);
+                db_log(db, "verify: key '%s': the log has it at data_%06u.s4kv offset %u, the "
+                           "index does not", key_str(k, kl, kb, sizeof kb), a.seg, a.off);
             }
         }
         pos = 0;
         while (keydir_next(db->kd, &pos, &k, &kl, &b)) {
             if (!keydir_get(c.kd, k, kl, &a)) {
+                char kb[300];
                 rep->index_mismatches++;
-                db_log(db, "verify: the index holds a key of %zu bytes (data_%06u.s4kv offset "
-                           "%u) that the log does not", kl, b.seg, b.off);
+                db_log(db, "verify: key '%s': the index points at data_%06u.s4kv offset %u, "
+                           "where the log has no whole record of it",
+                       key_str(k, kl, kb, sizeof kb), b.seg, b.off);
             }
         }
         if (rep->bad_records || rep->index_mismatches)

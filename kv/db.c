@@ -88,8 +88,7 @@ segment *db_seg(const s4kv_db *db, uint32_t no)
     return no < db->nbyno ? db->byno[no] : NULL;
 }
 
-/* Printable form of a key for messages: at most 64 bytes, \xNN escapes. */
-static const char *key_str(const void *key, size_t klen, char *buf, size_t cap)
+const char *key_str(const void *key, size_t klen, char *buf, size_t cap)
 {
     const uint8_t *k = key;
     size_t o = 0;
@@ -627,8 +626,10 @@ static int read_record(s4kv_db *db, const void *key, size_t klen, uint8_t **rec,
         rc = seg_read(db, &copy, loc.off, buf, loc.len, err, errlen);
     }
     if (rc) {
+        char detail[512];
+        snprintf(detail, sizeof detail, "%s", err ? err : "");
         free(buf);
-        return rc;
+        return seterr(err, errlen, rc, "key '%s': %s", key_str(key, klen, kb, sizeof kb), detail);
     }
     const char *why = NULL;
     if (rec_parse(buf, loc.len, r, &why) != 0)

@@ -137,7 +137,10 @@ struct s4kv_db {
 void db_log(s4kv_db *db, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int seterr(char *err, size_t errlen, int code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
-int errno_code(int neg_errno); /* -errno -> S4KV_EIO / S4KV_ENOSPC / S4KV_ENOENT */
+int errno_code(int neg_errno);
+/* Printable form of a key for messages (at most 64 bytes shown, \xNN
+ * escapes for bytes outside printable ASCII); returns buf. */
+const char *key_str(const void *key, size_t klen, char *buf, size_t cap); /* -errno -> S4KV_EIO / S4KV_ENOSPC / S4KV_ENOENT */
 void seg_path(const s4kv_db *db, uint32_t no, char *buf, size_t cap);
 segment *db_seg(const s4kv_db *db, uint32_t no);
 /* Reads len bytes at off of segment s (local pread or remote read_range). */

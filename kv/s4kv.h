@@ -139,7 +139,9 @@ int s4kv_open(const char *dir, const s4kv_options *opt, s4kv_db **out,
 
 /* Flushes (fdatasync in every mode), writes an index checkpoint (read-write
  * handles), releases the lock and frees the handle. Returns 0 or the first
- * error met while flushing (the handle is freed either way). NULL is a no-op. */
+ * error met while flushing (S4KV_EIO, S4KV_ENOSPC, S4KV_ENOMEM), whose detail
+ * goes to options.log; the handle is freed either way. NULL is a no-op. A
+ * handle in the failed state (see s4kv_put) closes without a checkpoint. */
 int s4kv_close(s4kv_db *db);
 
 /* Stores value under key (one atomic, one-record batch). Errors: S4KV_EINVAL
@@ -170,7 +172,7 @@ int s4kv_get(s4kv_db *db, const void *key, size_t klen, void **val,
 int s4kv_get_into(s4kv_db *db, const void *key, size_t klen, void *buf,
                   size_t cap, size_t *vlen, char *err, size_t errlen);
 
-/* Frees memory returned by s4kv_get, s4kv_iter_* copies, and s4kv_stats_json. */
+/* Frees a value returned by s4kv_get. NULL is a no-op. */
 void s4kv_free(void *p);
 
 /* ---- Write batches: many puts and deletes committed atomically (recovery
@@ -215,8 +217,9 @@ typedef struct s4kv_iter s4kv_iter;
 int s4kv_iter_new(s4kv_db *db, const void *prefix, size_t plen, unsigned flags,
                   s4kv_iter **out, char *err, size_t errlen);
 /* Advances to the next key. Returns 1 when positioned on a key, 0 at the end,
- * or a negative error (S4KV_ECORRUPT, S4KV_EIO, ...) reading its value; after
- * an error the iterator may be advanced again to skip that key. */
+ * or a negative error (S4KV_ECORRUPT, S4KV_EIO, ...) reading its value; the
+ * message names the key, s4kv_iter_key still returns it (the value is empty),
+ * and the iterator may be advanced again to skip it. */
 int s4kv_iter_next(s4kv_iter *it, char *err, size_t errlen);
 /* The current key / value. Pointers stay valid until the next call to
  * s4kv_iter_next or s4kv_iter_free; the iterator owns them. */

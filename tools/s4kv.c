@@ -432,7 +432,7 @@ static int cmd_get(cli *c)
         msg("key %s not found", q);
         st = EX_NOTFOUND;
     } else if (rc) {
-        msg("get %s: %s", q, detail(err, rc));
+        msg("%s", detail(err, rc)); /* the engine's message names the key */
         st = rc == S4KV_EINVAL ? EX_USAGE : exit_for(rc);
     } else {
         if (vlen && fwrite(val, 1, vlen, stdout) != vlen)
