@@ -12,9 +12,10 @@ CC := gcc
 endif
 SAN ?= 0
 
-PKGS_LIB := snappy libxxhash
-PKGS_CLI := jansson libcrypto
-DEB_PKGS := pkg-config libsnappy-dev libxxhash-dev libjansson-dev libssl-dev libcriterion-dev
+PKGS_LIB := snappy libxxhash libcurl expat libcrypto
+PKGS_CLI := jansson
+DEB_PKGS := pkg-config libsnappy-dev libxxhash-dev libjansson-dev libssl-dev libcriterion-dev \
+	libcurl4-openssl-dev libexpat1-dev
 
 ifeq ($(SAN),1)
 B := build-san
@@ -32,15 +33,16 @@ CLI_LIBS = $(shell pkg-config --libs $(PKGS_CLI) 2>/dev/null)
 TEST_LIBS = $(shell pkg-config --libs criterion 2>/dev/null)
 
 CFLAGS_BASE := -std=c11 -D_GNU_SOURCE $(OPT) -g -Wall -Wextra -Wshadow -Wno-unused-parameter \
-	-Wstrict-prototypes -fPIC -Ikv -Iindex -Itools $(SANFLAGS)
+	-Wstrict-prototypes -fPIC -Ikv -Iindex -Isync -Itools -Itests $(SANFLAGS)
 ALL_CFLAGS = $(CFLAGS_BASE) $(PKG_CFLAGS) $(CFLAGS)
 ALL_LDFLAGS = $(SANFLAGS) $(LDFLAGS)
 
-LIB_SRC := $(wildcard index/*.c) $(wildcard kv/*.c)
+LIB_SRC := $(wildcard index/*.c) $(wildcard kv/*.c) $(wildcard sync/*.c)
 CLI_SRC := $(filter-out tools/demo.c,$(wildcard tools/*.c))
 TEST_SRC := $(wildcard tests/*.c)
 BENCH_SRC := $(wildcard bench/*.c)
 
+FAULTPROXY := $(if $(wildcard tests/tools/faultproxy.c),$(B)/faultproxy)
 LIB_OBJ := $(LIB_SRC:%.c=$(B)/obj/%.o)
 CLI_OBJ := $(CLI_SRC:%.c=$(B)/obj/%.o)
 # tools/format.c (import/export codecs) is unit-tested directly
@@ -48,15 +50,20 @@ CLI_LIBOBJ := $(filter-out $(B)/obj/tools/s4kv.o,$(CLI_OBJ))
 TEST_OBJ := $(TEST_SRC:%.c=$(B)/obj/%.o)
 BENCH_OBJ := $(BENCH_SRC:%.c=$(B)/obj/%.o)
 
-.PHONY: all deps test demo bench install clean check-deps
+.PHONY: all deps test-deps test demo bench install clean
 
-all: $(B)/libs4kv.a $(B)/libs4kv.so $(B)/s4kv $(B)/s4kv-demo $(B)/s4kv.pc
+all: $(B)/libs4kv.a $(B)/libs4kv.so $(B)/s4kv $(B)/s4kv-demo $(B)/s4kv.pc $(FAULTPROXY)
 
 $(B)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -MMD -MP -c $< -o $@
 
--include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BENCH_OBJ:.o=.d) $(B)/obj/tools/demo.d
+-include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BENCH_OBJ:.o=.d) $(B)/obj/tools/demo.d \
+	$(B)/obj/tests/tools/faultproxy.d
+
+# The loopback fault-injection proxy the S3 tests put in front of s3rver.
+$(B)/faultproxy: $(B)/obj/tests/tools/faultproxy.o
+	$(CC) $(ALL_LDFLAGS) -o $@ $^
 
 $(B)/libs4kv.a: $(LIB_OBJ)
 	@mkdir -p $(B)
@@ -95,13 +102,20 @@ deps:
 		else echo "missing Debian packages:$$missing (run 'sudo make deps')" >&2; exit 1; fi; \
 	fi
 
+# The S3 emulator and the AWS SDK for JavaScript, pinned in tests/package.json
+# and its lock file. Node.js comes from the machine (or Debian's nodejs).
+test-deps: deps
+	@command -v node >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq nodejs npm; }
+	@if [ ! -f tests/node_modules/.package-lock.json ] || [ tests/package-lock.json -nt tests/node_modules/.package-lock.json ]; then \
+		cd tests && npm ci --no-audit --no-fund --loglevel=error; fi
+
 # The README's test command. S4KV_BIN lets the CLI tests run the binary.
-test: deps
+test: test-deps
 	$(MAKE) --no-print-directory all $(B)/s4kv-test SAN=$(SAN)
 	S4KV_BIN=$(CURDIR)/$(B)/s4kv ASAN_OPTIONS=detect_leaks=1 \
 		LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp $(B)/s4kv-test --jobs 2
 
-demo: deps
+demo: test-deps
 	$(MAKE) --no-print-directory all SAN=$(SAN)
 	S4KV_BIN=$(CURDIR)/$(B)/s4kv ./tools/demo.sh $(CURDIR)/$(B)
 
