@@ -106,7 +106,7 @@ deps:
 # and its lock file. Node.js comes from the machine (or Debian's nodejs).
 test-deps: deps
 	@command -v node >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq nodejs npm; }
-	@if [ ! -f tests/node_modules/.package-lock.json ] || [ tests/package-lock.json -nt tests/node_modules/.package-lock.json ]; then \
+	@if [ -f tests/package-lock.json ] && { [ ! -f tests/node_modules/.package-lock.json ] || [ tests/package-lock.json -nt tests/node_modules/.package-lock.json ]; }; then \
 		cd tests && npm ci --no-audit --no-fund --loglevel=error; fi
 
 # The README's test command. S4KV_BIN lets the CLI tests run the binary.
