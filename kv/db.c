@@ -749,6 +749,11 @@ int s4kv_iter_new(s4kv_db *db, const void *prefix, size_t plen, unsigned flags,
 {
     if (!db || !out || (plen && !prefix))
         return seterr(err, errlen, S4KV_EINVAL, "NULL argument");
+    if (!(flags & S4KV_ITER_KEYS_ONLY)) {
+        int lrc = db_localize(db, err, errlen);
+        if (lrc)
+            return lrc;
+    }
     s4kv_iter *it = calloc(1, sizeof *it);
     if (!it)
         return seterr(err, errlen, S4KV_ENOMEM, "out of memory");
@@ -943,6 +948,8 @@ static void db_free(s4kv_db *db)
         close(db->lock_fd); /* releases the flock */
     free(db->gbuf);
     free(db->ckpt_name);
+    if (db->remote_free)
+        db->remote_free(db->remote_owned);
     free(db->dir);
     pthread_rwlock_destroy(&db->rw);
     pthread_mutex_destroy(&db->qmu);
@@ -990,7 +997,7 @@ static int open_segments(s4kv_db *db, const manifest *m, char *err, size_t errle
         seg_path(db, s->no, path, sizeof path);
         int fd = db->v->open(db->v, path, (active && !db->read_only) ? O_RDWR : O_RDONLY, 0);
         if (fd == -ENOENT && db->opt.remote && !active) {
-            s->size = m->sealed_len[i];
+            s->size = m->sealed_len[i]; /* not on local disk: read through the seam */
             continue;
         }
         if (fd < 0)
@@ -1026,7 +1033,14 @@ static int load_checkpoint(s4kv_db *db, size_t *seg_idx, uint64_t *off)
     int fd = db->v->open(db->v, path, O_RDONLY, 0);
     uint8_t *buf = NULL;
     uint64_t size = 0;
-    if (fd < 0) {
+    if (fd == -ENOENT && db->opt.remote && db->opt.remote->fetch) {
+        size_t n = 0;
+        char e2[256] = "";
+        if (db->opt.remote->fetch(db->opt.remote->ctx, db->ckpt_name, &buf, &n, e2,
+                                  sizeof e2) != 0)
+            snprintf(why, sizeof why, "remote: %s", e2);
+        size = n;
+    } else if (fd < 0) {
         snprintf(why, sizeof why, "open: %s", strerror(-fd));
     } else {
         if (db->v->fsize(db->v, fd, &size) != 0 || !(buf = malloc(size ? size : 1)) ||
@@ -1211,6 +1225,67 @@ static int create_new(s4kv_db *db, char *err, size_t errlen)
     return manifest_commit(db, err, errlen);
 }
 
+/* Reads MANIFEST through the remote seam (remote-only open). */
+static int fetch_manifest(s4kv_db *db, manifest *m, char *err, size_t errlen)
+{
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    char e2[512] = "";
+    int rc = db->opt.remote->fetch(db->opt.remote->ctx, "MANIFEST", &buf, &len, e2, sizeof e2);
+    if (rc == S4KV_ENOENT)
+        return seterr(err, errlen, S4KV_ENOENT, "no database: %s", e2);
+    if (rc)
+        return seterr(err, errlen, rc, "%s", e2);
+    rc = manifest_parse((const char *)buf, len, "remote MANIFEST", m, err, errlen);
+    free(buf);
+    for (size_t i = 0; rc == 0 && i < m->nseg; i++)
+        if (m->sealed_len[i] == UINT64_MAX)
+            rc = seterr(err, errlen, S4KV_ECORRUPT,
+                        "remote MANIFEST: segment %u has no committed length", m->segno[i]);
+    return rc;
+}
+
+/* Copies every segment that is only remote into an unlinked local temporary
+ * file (whole-segment ranged reads), so bulk reads do not cost one request
+ * per record. Readers switch to the local copy under the write lock. */
+int db_localize(s4kv_db *db, char *err, size_t errlen)
+{
+    const char *tmp = getenv("TMPDIR");
+    if (!tmp || !*tmp)
+        tmp = "/tmp";
+    for (size_t i = 0; i < db->nsegs; i++) {
+        segment *s = db->segs[i];
+        if (s->fd >= 0)
+            continue;
+        int fd = db->v->open(db->v, tmp, O_TMPFILE | O_RDWR, 0600);
+        if (fd < 0)
+            return seterr(err, errlen, errno_code(fd), "create a temporary file in %s: %s", tmp,
+                          strerror(-fd));
+        uint64_t chunk = 16u << 20;
+        uint8_t *buf = malloc(chunk);
+        int rc = buf ? 0 : seterr(err, errlen, S4KV_ENOMEM, "out of memory");
+        for (uint64_t off = 0; rc == 0 && off < s->size; off += chunk) {
+            size_t n = (size_t)(s->size - off < chunk ? s->size - off : chunk);
+            rc = seg_read(db, s, off, buf, n, err, errlen);
+            if (rc == 0) {
+                ssize_t w = db->v->pwrite(db->v, fd, buf, n, off);
+                if (w < 0)
+                    rc = seterr(err, errlen, errno_code((int)w), "write temporary copy: %s",
+                                strerror((int)-w));
+            }
+        }
+        free(buf);
+        if (rc) {
+            db->v->close(db->v, fd);
+            return rc;
+        }
+        pthread_rwlock_wrlock(&db->rw);
+        s->fd = fd;
+        pthread_rwlock_unlock(&db->rw);
+    }
+    return 0;
+}
+
 int s4kv__open_vfs(const char *dir, const s4kv_options *opt, vfs *v, keydir_hash_fn hash,
                    s4kv_db **out, char *err, size_t errlen)
 {
@@ -1248,7 +1323,10 @@ int s4kv__open_vfs(const char *dir, const s4kv_options *opt, vfs *v, keydir_hash
 
     int rc = 0;
     struct stat st;
-    if (stat(dir, &st) != 0) {
+    int remote_ok = db->read_only && opt->remote && opt->remote->fetch;
+    if (stat(dir, &st) != 0 && errno == ENOENT && remote_ok) {
+        /* remote-only open: nothing local at all */
+    } else if (stat(dir, &st) != 0) {
         if (errno != ENOENT)
             rc = seterr(err, errlen, S4KV_EIO, "stat %s: %s", dir, strerror(errno));
         else if (db->read_only || !opt->create_if_missing)
@@ -1266,6 +1344,8 @@ int s4kv__open_vfs(const char *dir, const s4kv_options *opt, vfs *v, keydir_hash
     int fresh = 0;
     if (rc == 0) {
         rc = manifest_load(db, &m, err, errlen);
+        if (rc == S4KV_ENOENT && remote_ok)
+            rc = fetch_manifest(db, &m, err, errlen);
         if (rc == S4KV_ENOENT) {
             if (db->read_only || !opt->create_if_missing)
                 rc = seterr(err, errlen, S4KV_ENOENT, "no database at %s (no MANIFEST)", dir);
@@ -1294,7 +1374,9 @@ int s4kv__open_vfs(const char *dir, const s4kv_options *opt, vfs *v, keydir_hash
         rc = replay_from(db, db->kd, from, start, 1, err, errlen);
         if (rc == 0) {
             db_recount_live(db);
-            if (!db->read_only) {
+            if (!db->read_only && active_seg(db)->sealed)
+                rc = db_rotate(db, err, errlen); /* e.g. a downloaded database */
+            if (rc == 0 && !db->read_only) {
                 remove_orphans(db);
                 if (!have_ckpt && keydir_count(db->kd) > 0) {
                     char e2[512];

@@ -129,6 +129,9 @@ struct s4kv_db {
     size_t gcap;
     uint64_t unsynced;     /* bytes appended since the last fdatasync */
 
+    void (*remote_free)(void *); /* frees remote_owned at close (sync/ remote opens) */
+    void *remote_owned;
+
     pthread_t syncer;      /* S4KV_SYNC_INTERVAL thread */
     int syncer_on, stopping;
     pthread_cond_t stop_cv;
@@ -159,16 +162,30 @@ int manifest_commit(s4kv_db *db, char *err, size_t errlen);
  * callers must then not delete anything the old or new file names. */
 int file_write_atomic(s4kv_db *db, const char *path, const void *buf, size_t len,
                       char *err, size_t errlen);
+/* An object dropped from the remote manifest, kept for the retention window
+ * (sync/replica.c); `generation` is the manifest that dropped it. */
+typedef struct retired_entry {
+    char *name;
+    uint64_t generation;
+    int64_t time;          /* Unix seconds when it was dropped */
+} retired_entry;
 typedef struct manifest {
     uint64_t generation;
     uint32_t next_segment;
     char *checkpoint;      /* NULL for none */
     uint32_t *segno;
-    uint64_t *sealed_len;  /* UINT64_MAX for the active segment */
+    uint64_t *sealed_len;  /* UINT64_MAX for the active segment (only ever the last) */
     size_t nseg;
+    retired_entry *retired;
+    size_t nretired;
 } manifest;
 /* 0, S4KV_ENOENT (no MANIFEST), S4KV_ECORRUPT, S4KV_EVERSION, S4KV_EIO. */
 int manifest_load(s4kv_db *db, manifest *m, char *err, size_t errlen);
+/* Parses manifest text (name is used in messages). Same errors. */
+int manifest_parse(const char *text, size_t len, const char *name, manifest *m, char *err,
+                   size_t errlen);
+/* Serialises m (with its checksum line) into a malloc'd buffer. 0 or S4KV_ENOMEM. */
+int manifest_format(const manifest *m, char **buf, size_t *len);
 void manifest_free(manifest *m);
 
 /* scan.c: walks the batches of segment s from `start` to its end, calling
@@ -190,6 +207,9 @@ int seg_scan(s4kv_db *db, const segment *s, uint64_t start, int search_past_bad,
 /* Applies one replayed record to keydir kd and the live counters. */
 int replay_apply(s4kv_db *db, keydir *kd, const segment *s, uint64_t off,
                  const rec_view *r);
+
+/* Copies remote-only segments into local temporary files (bulk reads). */
+int db_localize(s4kv_db *db, char *err, size_t errlen);
 
 /* db.c internals used by compact.c */
 int db_checkpoint_locked(s4kv_db *db, char *err, size_t errlen);

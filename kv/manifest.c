@@ -84,42 +84,70 @@ int file_write_atomic(s4kv_db *db, const char *path, const void *buf, size_t len
     return write_atomic(db, path, buf, len, err, errlen);
 }
 
-int manifest_commit(s4kv_db *db, char *err, size_t errlen)
+int manifest_format(const manifest *m, char **out, size_t *outlen)
 {
-    size_t len = 0, cap = 256 + db->nsegs * 48;
+    size_t len = 0, cap = 256 + m->nseg * 48 + m->nretired * 64;
     char *buf = malloc(cap);
     if (!buf)
-        return seterr(err, errlen, S4KV_ENOMEM, "out of memory writing MANIFEST");
-    uint64_t gen = db->generation + 1;
+        return S4KV_ENOMEM;
     int bad = appendf(&buf, &len, &cap,
                       "s4kv-manifest 1\ngeneration %" PRIu64 "\nnext_segment %" PRIu32
                       "\ncheckpoint %s\n",
-                      gen, db->next_segment, db->ckpt_name ? db->ckpt_name : "-");
-    for (size_t i = 0; i < db->nsegs && !bad; i++) {
-        const segment *s = db->segs[i];
-        if (s->sealed)
-            bad = appendf(&buf, &len, &cap, "segment %" PRIu32 " sealed %" PRIu64 "\n", s->no,
-                          s->size);
+                      m->generation, m->next_segment, m->checkpoint ? m->checkpoint : "-");
+    for (size_t i = 0; i < m->nseg && !bad; i++) {
+        if (m->sealed_len[i] != UINT64_MAX)
+            bad = appendf(&buf, &len, &cap, "segment %" PRIu32 " sealed %" PRIu64 "\n",
+                          m->segno[i], m->sealed_len[i]);
         else
-            bad = appendf(&buf, &len, &cap, "segment %" PRIu32 " active\n", s->no);
+            bad = appendf(&buf, &len, &cap, "segment %" PRIu32 " active\n", m->segno[i]);
     }
+    for (size_t i = 0; i < m->nretired && !bad; i++)
+        bad = appendf(&buf, &len, &cap, "retired %s %" PRIu64 " %" PRId64 "\n",
+                      m->retired[i].name, m->retired[i].generation, m->retired[i].time);
     if (!bad)
         bad = appendf(&buf, &len, &cap, "checksum %016" PRIx64 "\n", s4kv_hash(buf, len));
     if (bad) {
         free(buf);
-        return seterr(err, errlen, S4KV_ENOMEM, "out of memory writing MANIFEST");
+        return S4KV_ENOMEM;
     }
+    *out = buf;
+    *outlen = len;
+    return 0;
+}
+
+int manifest_commit(s4kv_db *db, char *err, size_t errlen)
+{
+    manifest m = {.generation = db->generation + 1, .next_segment = db->next_segment,
+                  .checkpoint = db->ckpt_name, .nseg = db->nsegs};
+    m.segno = malloc((db->nsegs + 1) * sizeof *m.segno);
+    m.sealed_len = malloc((db->nsegs + 1) * sizeof *m.sealed_len);
+    char *buf = NULL;
+    size_t len = 0;
+    int rc = (m.segno && m.sealed_len) ? 0 : S4KV_ENOMEM;
+    for (size_t i = 0; rc == 0 && i < db->nsegs; i++) {
+        m.segno[i] = db->segs[i]->no;
+        m.sealed_len[i] = db->segs[i]->sealed ? db->segs[i]->size : UINT64_MAX;
+    }
+    if (rc == 0)
+        rc = manifest_format(&m, &buf, &len);
+    free(m.segno);
+    free(m.sealed_len);
+    if (rc)
+        return seterr(err, errlen, rc, "out of memory writing MANIFEST");
     char path[4096];
     snprintf(path, sizeof path, "%s/MANIFEST", db->dir);
-    int rc = write_atomic(db, path, buf, len, err, errlen);
+    rc = write_atomic(db, path, buf, len, err, errlen);
     free(buf);
     if (rc == 0)
-        db->generation = gen;
+        db->generation = m.generation;
     return rc;
 }
 
 void manifest_free(manifest *m)
 {
+    for (size_t i = 0; i < m->nretired; i++)
+        free(m->retired[i].name);
+    free(m->retired);
     free(m->checkpoint);
     free(m->segno);
     free(m->sealed_len);
@@ -165,13 +193,29 @@ int manifest_load(s4kv_db *db, manifest *m, char *err, size_t errlen)
         free(buf);
         return seterr(err, errlen, errno_code(rc), "read %s: %s", path, strerror(-rc));
     }
+    int prc = manifest_parse(buf, (size_t)size, path, m, err, errlen);
+    free(buf);
+    return prc;
+}
+
+int manifest_parse(const char *text, size_t size, const char *name, manifest *m, char *err,
+                   size_t errlen)
+{
+    memset(m, 0, sizeof *m);
+    if (size > MANIFEST_MAX)
+        return seterr(err, errlen, S4KV_ECORRUPT, "%s: %zu bytes is too large for a manifest",
+                      name, size);
+    char *buf = malloc(size + 1);
+    if (!buf)
+        return seterr(err, errlen, S4KV_ENOMEM, "out of memory reading %s", name);
+    memcpy(buf, text, size);
     buf[size] = 0;
     /* Tokenising writes NULs into buf: hash the checksummed prefix first. */
     const char *cks = strstr(buf, "\nchecksum ");
     uint64_t prefix_hash = cks ? s4kv_hash(buf, (size_t)(cks - buf) + 1) : 0;
     if (memchr(buf, 0, size)) {
         free(buf);
-        return seterr(err, errlen, S4KV_ECORRUPT, "%s: NUL byte in manifest", path);
+        return seterr(err, errlen, S4KV_ECORRUPT, "%s: NUL byte in manifest", name);
     }
 
     int code = S4KV_ECORRUPT;
@@ -241,6 +285,23 @@ int manifest_load(s4kv_db *db, manifest *m, char *err, size_t errlen)
             }
             m->segno[m->nseg] = (uint32_t)v;
             m->sealed_len[m->nseg++] = sl;
+        } else if (strcmp(kw, "retired") == 0 && a1 && a2 && a3 && parse_u64(a2, &v) == 0) {
+            uint64_t t = 0;
+            if (parse_u64(a3, &t) != 0 || strchr(a1, '/') || a1[0] == '.') {
+                why = "bad retired line";
+                break;
+            }
+            retired_entry *nr = realloc(m->retired, (m->nretired + 1) * sizeof *nr);
+            char *nm = strdup(a1);
+            if (!nr || !nm) {
+                free(nm);
+                if (nr)
+                    m->retired = nr;
+                why = "out of memory", code = S4KV_ENOMEM;
+                break;
+            }
+            m->retired = nr;
+            m->retired[m->nretired++] = (retired_entry){nm, v, (int64_t)t};
         } else if (strcmp(kw, "checksum") == 0 && a1 && !a2) {
             char want[17];
             snprintf(want, sizeof want, "%016" PRIx64, prefix_hash);
@@ -261,8 +322,8 @@ int manifest_load(s4kv_db *db, manifest *m, char *err, size_t errlen)
     for (size_t i = 0; !why && i < m->nseg; i++) {
         if (m->segno[i] >= m->next_segment)
             why = "segment number >= next_segment";
-        if ((m->sealed_len[i] == UINT64_MAX) != (i + 1 == m->nseg))
-            why = "exactly the last segment must be active";
+        if (m->sealed_len[i] == UINT64_MAX && i + 1 != m->nseg)
+            why = "only the last segment may be active";
         for (size_t j = 0; j < i && !why; j++)
             if (m->segno[j] == m->segno[i])
                 why = "segment listed twice";
@@ -271,7 +332,7 @@ int manifest_load(s4kv_db *db, manifest *m, char *err, size_t errlen)
     if (why) {
         int c = code;
         manifest_free(m);
-        return seterr(err, errlen, c, "%s: %s (line %zu)", path, why, lineno);
+        return seterr(err, errlen, c, "%s: %s (line %zu)", name, why, lineno);
     }
     return 0;
 }

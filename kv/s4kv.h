@@ -86,6 +86,12 @@ typedef enum {
 typedef struct s4kv_remote {
     int (*read_range)(void *ctx, uint32_t segno, uint64_t offset, void *buf,
                       size_t len, char *err, size_t errlen);
+    /* Optional (may be NULL): fetches a whole small object of the database by
+     * file name ("MANIFEST", "index_000007.s4ki") into a malloc'd buffer the
+     * engine frees; S4KV_ENOENT when it does not exist. A read-only open that
+     * finds no local MANIFEST uses it to open the database remotely. */
+    int (*fetch)(void *ctx, const char *name, uint8_t **buf, size_t *len, char *err,
+                 size_t errlen);
     void *ctx;
 } s4kv_remote;
 

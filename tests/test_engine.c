@@ -642,7 +642,7 @@ Test(engine, remote_seam_one_read_per_get_and_checked)
     cr_assert_gt(moved, 1);
     rctx c = {.calls = 0};
     snprintf(c.dir, sizeof c.dir, "%s", far);
-    s4kv_remote rem = {fake_read_range, &c};
+    s4kv_remote rem = {.read_range = fake_read_range, .ctx = &c};
     o.remote = &rem;
     o.read_only = 1;
     db = open_ok(dir, &o);
@@ -661,5 +661,84 @@ Test(engine, remote_seam_one_read_per_get_and_checked)
     cr_assert_neq(s4kv_open(dir, &o, &db, err, sizeof err), 0);
     cr_assert(strstr(err, "named by MANIFEST"), "%s", err);
     tu_rmtree_free(dir);
+    tu_rmtree_free(far);
+}
+
+static int fake_fetch(void *ctx, const char *name, uint8_t **buf, size_t *len, char *err,
+                      size_t errlen)
+{
+    rctx *c = ctx;
+    char path[4200];
+    snprintf(path, sizeof path, "%s/%s", c->dir, name);
+    *buf = tu_read_file(path, len);
+    if (!*buf)
+        return seterr(err, errlen, S4KV_ENOENT, "remote: no object %s", name);
+    return 0;
+}
+
+Test(engine, remote_only_open_through_fetch)
+{
+    char *far = tu_tmpdir("remote-only");
+    s4kv_options o = small_opts();
+    s4kv_db *db = open_ok(far, &o);
+    for (int i = 0; i < 300; i++) {
+        char k[16], v[64];
+        snprintf(k, sizeof k, "q%03d", i);
+        snprintf(v, sizeof v, "remote value %d", i);
+        put_ok(db, k, v);
+    }
+    s4kv_close(db);
+    /* A "remote" manifest has committed lengths for every segment: seal the
+     * active one in the copy the reader sees. */
+    char mpath[4200];
+    snprintf(mpath, sizeof mpath, "%s/MANIFEST", far);
+    manifest m;
+    size_t ml;
+    char *text = (char *)tu_read_file(mpath, &ml);
+    char err[512];
+    cr_assert_eq(manifest_parse(text, ml, "MANIFEST", &m, err, sizeof err), 0, "%s", err);
+    free(text);
+    char spath[4200];
+    snprintf(spath, sizeof spath, "%s/data_%06u.s4kv", far, m.segno[m.nseg - 1]);
+    size_t slen;
+    free(tu_read_file(spath, &slen));
+    m.sealed_len[m.nseg - 1] = slen;
+    char *out;
+    size_t outlen;
+    cr_assert_eq(manifest_format(&m, &out, &outlen), 0);
+    tu_write_file(mpath, out, outlen);
+    free(out);
+    manifest_free(&m);
+
+    rctx c = {.calls = 0};
+    snprintf(c.dir, sizeof c.dir, "%s", far);
+    s4kv_remote rem = {.read_range = fake_read_range, .fetch = fake_fetch, .ctx = &c};
+    s4kv_options ro = small_opts();
+    ro.read_only = 1;
+    ro.remote = &rem;
+    char local[4200];
+    snprintf(local, sizeof local, "%s/does-not-exist", far);
+    db = open_ok(local, &ro);
+    cr_assert_null(strstr(logbuf, "unusable"), "the remote checkpoint is used: %s", logbuf);
+    c.calls = 0;
+    expect_val(db, "q123", "remote value 123");
+    cr_assert_eq(c.calls, 1, "one ranged read per get, got %d", c.calls);
+    expect_val(db, "nope", NULL);
+    cr_assert_eq(c.calls, 1, "a missing key costs no request");
+    /* Iteration copies whole segments once instead of one read per key. */
+    c.calls = 0;
+    s4kv_iter *it;
+    cr_assert_eq(s4kv_iter_new(db, NULL, 0, S4KV_ITER_SORTED, &it, err, sizeof err), 0, "%s",
+                 err);
+    int n = 0;
+    while (s4kv_iter_next(it, err, sizeof err) == 1)
+        n++;
+    s4kv_iter_free(it);
+    cr_assert_eq(n, 300);
+    s4kv_stats st;
+    s4kv_stats_get(db, &st);
+    cr_assert_leq((uint64_t)c.calls, st.segments, "at most one read per segment: %d", c.calls);
+    s4kv_close(db);
+    cr_assert_neq(access(local, F_OK), 0, "a remote-only open creates nothing locally");
     tu_rmtree_free(far);
 }
