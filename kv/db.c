@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -1222,6 +1223,8 @@ static int create_new(s4kv_db *db, char *err, size_t errlen)
     s->size = SEG_HDR;
     db->next_segment = 2;
     db->next_seq = 1;
+    if (getrandom(&db->id, sizeof db->id, 0) != (ssize_t)sizeof db->id)
+        db->id = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
     return manifest_commit(db, err, errlen);
 }
 
@@ -1360,6 +1363,7 @@ int s4kv__open_vfs(const char *dir, const s4kv_options *opt, vfs *v, keydir_hash
             fresh = 1;
         } else if (rc == 0) {
             db->generation = m.generation;
+            db->id = m.id;
             db->next_segment = m.next_segment;
             db->ckpt_name = m.checkpoint;
             m.checkpoint = NULL;

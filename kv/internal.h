@@ -119,6 +119,7 @@ struct s4kv_db {
     uint64_t next_seq;
     uint32_t next_segment;
     uint64_t generation;
+    uint64_t id;           /* database id (MANIFEST "id"), fixed at creation */
     char *ckpt_name;       /* checkpoint named by the manifest, or NULL */
     uint64_t since_ckpt;   /* log bytes appended since the last checkpoint */
 
@@ -170,6 +171,7 @@ typedef struct retired_entry {
     int64_t time;          /* Unix seconds when it was dropped */
 } retired_entry;
 typedef struct manifest {
+    uint64_t id;           /* random database id, fixed at creation */
     uint64_t generation;
     uint32_t next_segment;
     char *checkpoint;      /* NULL for none */

@@ -91,9 +91,9 @@ int manifest_format(const manifest *m, char **out, size_t *outlen)
     if (!buf)
         return S4KV_ENOMEM;
     int bad = appendf(&buf, &len, &cap,
-                      "s4kv-manifest 1\ngeneration %" PRIu64 "\nnext_segment %" PRIu32
-                      "\ncheckpoint %s\n",
-                      m->generation, m->next_segment, m->checkpoint ? m->checkpoint : "-");
+                      "s4kv-manifest 1\nid %016" PRIx64 "\ngeneration %" PRIu64
+                      "\nnext_segment %" PRIu32 "\ncheckpoint %s\n",
+                      m->id, m->generation, m->next_segment, m->checkpoint ? m->checkpoint : "-");
     for (size_t i = 0; i < m->nseg && !bad; i++) {
         if (m->sealed_len[i] != UINT64_MAX)
             bad = appendf(&buf, &len, &cap, "segment %" PRIu32 " sealed %" PRIu64 "\n",
@@ -117,7 +117,8 @@ int manifest_format(const manifest *m, char **out, size_t *outlen)
 
 int manifest_commit(s4kv_db *db, char *err, size_t errlen)
 {
-    manifest m = {.generation = db->generation + 1, .next_segment = db->next_segment,
+    manifest m = {.id = db->id, .generation = db->generation + 1,
+                  .next_segment = db->next_segment,
                   .checkpoint = db->ckpt_name, .nseg = db->nsegs};
     m.segno = malloc((db->nsegs + 1) * sizeof *m.segno);
     m.sealed_len = malloc((db->nsegs + 1) * sizeof *m.sealed_len);
@@ -220,7 +221,7 @@ int manifest_parse(const char *text, size_t size, const char *name, manifest *m,
 
     int code = S4KV_ECORRUPT;
     const char *why = NULL;
-    size_t lineno = 0, cap = 0, have_gen = 0, have_next = 0, have_ck = 0, have_sum = 0;
+    size_t lineno = 0, cap = 0, have_id = 0, have_gen = 0, have_next = 0, have_ck = 0, have_sum = 0;
     char *save = NULL;
     char *line = buf;
     while (line && *line && !why) {
@@ -245,6 +246,10 @@ int manifest_parse(const char *text, size_t size, const char *name, manifest *m,
                 why = "not an s4kv manifest";
             else if (strcmp(a1, "1") != 0)
                 why = "unsupported manifest version", code = S4KV_EVERSION;
+        } else if (strcmp(kw, "id") == 0 && a1 && !a2 && strlen(a1) == 16 &&
+                   strspn(a1, "0123456789abcdef") == 16) {
+            m->id = strtoull(a1, NULL, 16);
+            have_id++;
         } else if (strcmp(kw, "generation") == 0 && a1 && !a2 && parse_u64(a1, &v) == 0) {
             m->generation = v;
             have_gen++;
@@ -317,7 +322,8 @@ int manifest_parse(const char *text, size_t size, const char *name, manifest *m,
         }
         line = next;
     }
-    if (!why && (have_gen != 1 || have_next != 1 || have_ck != 1 || have_sum != 1 || !m->nseg))
+    if (!why && (have_id != 1 || have_gen != 1 || have_next != 1 || have_ck != 1 ||
+                 have_sum != 1 || !m->nseg))
         why = "missing or repeated field";
     for (size_t i = 0; !why && i < m->nseg; i++) {
         if (m->segno[i] >= m->next_segment)

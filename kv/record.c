@@ -33,6 +33,7 @@ const char *s4kv_strerror(int code)
     case S4KV_EVERSION: return "unsupported format version";
     case S4KV_ECLOSED: return "handle closed or failed";
     case S4KV_EREMOTE: return "remote read failed";
+    case S4KV_EEXIST: return "the S3 prefix holds a different database";
     default: return "unknown error";
     }
 }

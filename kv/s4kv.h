@@ -56,7 +56,8 @@ enum {
     S4KV_ERANGE = -10,    /* caller's buffer too small (see s4kv_get_into) */
     S4KV_EVERSION = -11,  /* a file has a format version this build does not read */
     S4KV_ECLOSED = -12,   /* the handle is closed or in a failed state after an I/O error */
-    S4KV_EREMOTE = -13,   /* the remote read seam (read_range) failed */
+    S4KV_EREMOTE = -13,   /* the remote read seam (read_range) or an S3 request failed */
+    S4KV_EEXIST = -14,    /* the S3 prefix holds a different database */
 };
 
 /* Returns a static, human-readable name for an error code ("not found", ...).
@@ -293,6 +294,80 @@ int s4kv_sync(s4kv_db *db, char *err, size_t errlen);
 /* Writes an index checkpoint now and commits it in a new manifest.
  * Errors: S4KV_EREADONLY, S4KV_EIO, S4KV_ENOSPC, S4KV_ENOMEM. */
 int s4kv_checkpoint(s4kv_db *db, char *err, size_t errlen);
+
+/* ---- Object storage (implemented in sync/; S3 over libcurl, SigV4).
+ *
+ * s3://bucket/prefix/ holds the same files as a local directory: segments
+ * data_NNNNNN.s4kv, checkpoints index_NNNNNN.s4ki, and MANIFEST, the remote
+ * commit point (kv/FORMAT.md, "Object storage"). Upload order is the
+ * crash-safety rule: segments, then the checkpoint, then MANIFEST; objects a
+ * published manifest names are deleted only after a newer manifest dropped
+ * them and the retention window passed. One writer per prefix: upload refuses
+ * a prefix that holds a different database (the manifests' ids differ).
+ * S3 is configured the way the AWS CLI is (AWS_ACCESS_KEY_ID, ...,
+ * AWS_PROFILE, AWS_REGION, AWS_ENDPOINT_URL_S3; see README "S3"). */
+typedef struct s4kv_s3_options {
+    const char *url;         /* "s3://bucket/prefix/" (required) */
+    const char *profile;     /* NULL = $AWS_PROFILE, else "default" */
+    const char *endpoint;    /* NULL = $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL / AWS */
+    int insecure_tls;        /* 1 turns TLS certificate verification off (by name only) */
+    int64_t retention_s;     /* objects dropped by a manifest stay until the next manifest
+                                is published (-1, the default), and at least this many
+                                seconds when >= 0 */
+    int max_parallel;        /* concurrent transfers; default 8 */
+    s4kv_progress_fn progress; /* bytes transferred / total; NULL = none */
+    void *progress_ctx;
+    void (*log)(void *ctx, const char *line); /* NULL = stderr, "s4kv: " prefix */
+    void *log_ctx;
+} s4kv_s3_options;
+
+/* Fills *o with the defaults above (url NULL). */
+void s4kv_s3_options_init(s4kv_s3_options *o);
+
+typedef struct s4kv_s3_report {
+    uint64_t objects_uploaded, bytes_uploaded;
+    uint64_t objects_downloaded, bytes_downloaded;
+    uint64_t objects_skipped;   /* already present and correct */
+    uint64_t objects_deleted;   /* obsolete objects removed after their retention */
+    uint64_t requests, retries; /* HTTP requests sent (every attempt), retries among them */
+    uint64_t connections;       /* TCP connections opened */
+    uint64_t generation;        /* remote manifest generation published (upload) or read */
+    int published;              /* upload: 1 when a new manifest was published */
+} s4kv_s3_report;
+
+/* Sends what S3 lacks: new segments and grown prefixes of the active one
+ * (whole objects; multipart above 16 MiB, parts in parallel), then the index
+ * checkpoint, then a MANIFEST of a new generation; then deletes objects whose
+ * retention passed. Nothing to send = no new generation. rep may be NULL.
+ * Errors: S4KV_EINVAL (URL, configuration, credentials), S4KV_EREADONLY,
+ * S4KV_EREMOTE (names the operation, object and HTTP status), S4KV_EEXIST
+ * (the prefix holds another database), S4KV_EIO, S4KV_ENOMEM. */
+int s4kv_upload(s4kv_db *db, const s4kv_s3_options *o, s4kv_s3_report *rep, char *err,
+                size_t errlen);
+
+/* Fetches everything the newest remote MANIFEST names into directory dir
+ * (created if missing; the writer lock is held meanwhile), in parallel, checks
+ * every segment batch by batch and the checkpoint by its checksums, and writes
+ * the local MANIFEST last. Resumable: files already present with the right
+ * length and valid checksums are not fetched again. Errors: as s4kv_upload,
+ * plus S4KV_ENOENT (no MANIFEST under the prefix), S4KV_ECORRUPT (an object
+ * failed its checks twice), S4KV_ELOCKED. */
+int s4kv_download(const char *dir, const s4kv_s3_options *o, s4kv_s3_report *rep, char *err,
+                  size_t errlen);
+
+/* Opens the database at o->url read-only. Segments present in dir (which may
+ * be NULL or missing) with their committed length are read locally; the rest
+ * with one ranged GET per get, on a reused connection, checked by the record
+ * checksum. MANIFEST and the checkpoint come from dir when it holds a
+ * database, else from S3. Iterators copy whole remote segments to temporary
+ * files first (one request per segment, not per key). opt may be NULL; its
+ * read_only and remote fields are overridden. Errors: as s4kv_open and
+ * s4kv_download. */
+int s4kv_open_s3(const char *dir, const s4kv_options *opt, const s4kv_s3_options *o,
+                 s4kv_db **out, char *err, size_t errlen);
+
+/* Request counters of a handle from s4kv_open_s3 (zeros otherwise). */
+int s4kv_s3_stats(s4kv_db *db, s4kv_s3_report *rep);
 
 #ifdef __cplusplus
 }
