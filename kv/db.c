@@ -1434,3 +1434,65 @@ void s4kv__abandon(s4kv_db *db)
     if (db)
         db_free(db);
 }
+
+/* ---- Snapshot for upload */
+
+void db_snap_free(db_snap *s)
+{
+    for (size_t i = 0; i < s->nsegs; i++)
+        if (s->segs[i].fd >= 0)
+            close(s->segs[i].fd);
+    if (s->ckpt_fd >= 0)
+        close(s->ckpt_fd);
+    free(s->segs);
+    free(s->checkpoint);
+    memset(s, 0, sizeof *s);
+    s->ckpt_fd = -1;
+}
+
+int db_snapshot(s4kv_db *db, uint64_t ckpt_after, db_snap *out, char *err, size_t errlen)
+{
+    memset(out, 0, sizeof *out);
+    out->ckpt_fd = -1;
+    if (db->read_only)
+        return seterr(err, errlen, S4KV_EREADONLY, "%s is open read-only", db->dir);
+    int rc = db_exclusive_begin(db);
+    if (rc)
+        return seterr(err, errlen, rc, "out of memory");
+    if (db->failed)
+        rc = seterr(err, errlen, S4KV_ECLOSED, "an earlier write failed; reopen");
+    else if (!db->ckpt_name || db->since_ckpt > ckpt_after)
+        rc = db_checkpoint_locked(db, err, errlen);
+    else
+        rc = sync_active(db, err, errlen);
+    if (rc == 0) {
+        out->id = db->id;
+        out->generation = db->generation;
+        out->next_segment = db->next_segment;
+        out->segs = calloc(db->nsegs, sizeof *out->segs);
+        out->checkpoint = db->ckpt_name ? strdup(db->ckpt_name) : NULL;
+        if (!out->segs || (db->ckpt_name && !out->checkpoint))
+            rc = seterr(err, errlen, S4KV_ENOMEM, "out of memory");
+    }
+    for (size_t i = 0; rc == 0 && i < db->nsegs; i++) {
+        segment *s = db->segs[i];
+        int fd = s->fd >= 0 ? dup(s->fd) : -1;
+        if (fd < 0)
+            rc = seterr(err, errlen, S4KV_EIO, "data_%06u.s4kv is not on local disk", s->no);
+        out->segs[out->nsegs++] = (db_snap_seg){s->no, s->size, fd};
+    }
+    if (rc == 0 && out->checkpoint) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/%s", db->dir, out->checkpoint);
+        out->ckpt_fd = open(path, O_RDONLY | O_CLOEXEC);
+        struct stat st;
+        if (out->ckpt_fd < 0 || fstat(out->ckpt_fd, &st) != 0)
+            rc = seterr(err, errlen, S4KV_EIO, "open %s: %s", path, strerror(errno));
+        else
+            out->ckpt_len = (uint64_t)st.st_size;
+    }
+    db_exclusive_end(db);
+    if (rc)
+        db_snap_free(out);
+    return rc;
+}

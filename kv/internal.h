@@ -206,6 +206,35 @@ typedef struct scan_result {
 int seg_scan(s4kv_db *db, const segment *s, uint64_t start, int search_past_bad,
              scan_fn fn, void *ctx, scan_result *res, char *err, size_t errlen);
 
+/* Checks that the file at path is segment `no` holding whole, checksum-valid
+ * batches from its header up to exactly byte len (bytes past len are
+ * ignored). 0, or S4KV_ECORRUPT / S4KV_EIO with the reason. */
+int seg_file_check(const char *path, uint32_t no, uint64_t len, uint64_t *records, char *err,
+                   size_t errlen);
+
+/* A consistent view of the log for upload (sync/replica.c): every segment
+ * with its committed length (a batch boundary) and a dup'd fd that stays
+ * readable even if compaction unlinks the file; the checkpoint likewise. */
+typedef struct db_snap_seg {
+    uint32_t no;
+    uint64_t len;
+    int fd;
+} db_snap_seg;
+typedef struct db_snap {
+    uint64_t id, generation;
+    uint32_t next_segment;
+    char *checkpoint;     /* file name, or NULL */
+    int ckpt_fd;          /* -1 when none */
+    uint64_t ckpt_len;
+    db_snap_seg *segs;    /* manifest order */
+    size_t nsegs;
+} db_snap;
+/* Takes the snapshot while holding the log exclusively; first writes a
+ * checkpoint when more than ckpt_after bytes of log are not covered by one
+ * (or there is none). Read-write handles only. */
+int db_snapshot(s4kv_db *db, uint64_t ckpt_after, db_snap *out, char *err, size_t errlen);
+void db_snap_free(db_snap *s);
+
 /* Applies one replayed record to keydir kd and the live counters. */
 int replay_apply(s4kv_db *db, keydir *kd, const segment *s, uint64_t off,
                  const rec_view *r);

@@ -7,6 +7,8 @@
  */
 #include "internal.h"
 
+#include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -187,5 +189,49 @@ int seg_scan(s4kv_db *db, const segment *s, uint64_t start, int search_past_bad,
     }
     res->end = off;
     free(w.buf);
+    return rc;
+}
+
+static void quiet_log(void *ctx, const char *line)
+{
+    char *first = ctx;
+    if (!first[0])
+        snprintf(first, 256, "%s", line);
+}
+
+int seg_file_check(const char *path, uint32_t no, uint64_t len, uint64_t *records, char *err,
+                   size_t errlen)
+{
+    s4kv_db db;
+    memset(&db, 0, sizeof db);
+    char first[256] = "";
+    db.v = vfs_posix();
+    db.opt.log = quiet_log;
+    db.opt.log_ctx = first;
+    segment s = {.no = no, .fd = -1, .sealed = 1, .size = len};
+    int fd = db.v->open(db.v, path, O_RDONLY, 0);
+    if (fd < 0)
+        return seterr(err, errlen, errno_code(fd), "open %s: %s", path, strerror(-fd));
+    s.fd = fd;
+    uint64_t size = 0;
+    uint8_t hdr[SEG_HDR];
+    const char *why = NULL;
+    int rc = db.v->fsize(db.v, fd, &size);
+    if (rc == 0 && size < len)
+        rc = seterr(err, errlen, S4KV_ECORRUPT, "%s: %llu bytes, expected at least %llu", path,
+                    (unsigned long long)size, (unsigned long long)len);
+    else if (rc == 0 && (len < SEG_HDR || db.v->pread(db.v, fd, hdr, SEG_HDR, 0) != SEG_HDR ||
+                         seg_hdr_check(hdr, no, &why) != 0))
+        rc = seterr(err, errlen, S4KV_ECORRUPT, "%s: %s", path, why ? why : "short header");
+    scan_result res;
+    if (rc == 0 && (rc = seg_scan(&db, &s, SEG_HDR, 1, NULL, NULL, &res, err, errlen)) == 0) {
+        if (res.bad || res.torn || res.end != len)
+            rc = seterr(err, errlen, S4KV_ECORRUPT, "%s: not whole batches up to byte %llu (%s)",
+                        path, (unsigned long long)len,
+                        first[0] ? first : "bad bytes at the end");
+        else if (records)
+            *records = res.records;
+    }
+    db.v->close(db.v, fd);
     return rc;
 }
