@@ -254,9 +254,9 @@ static int terminate(pid_t pid, int grace_ms)
     return st;
 }
 
-/* Polls logpath for a line containing marker followed by a port number
- * (the number after the last ':' on that line). Returns the port, 0 while
- * not yet there. */
+/* Polls logpath for a complete line "<marker> HOST:PORT..." and returns
+ * PORT (the number after the first ':' following the marker), 0 while not
+ * yet there. */
 static int port_from_log(const char *logpath, const char *marker)
 {
     char *s = read_small(logpath);
@@ -268,7 +268,7 @@ static int port_from_log(const char *logpath, const char *marker)
         char *eol = strchr(m, '\n');
         if (eol) { /* only a complete line */
             *eol = 0;
-            char *colon = strrchr(m, ':');
+            char *colon = strchr(m + strlen(marker), ':');
             const char *num = colon ? colon + 1 : m + strlen(marker);
             char *end;
             long v = strtol(num, &end, 10);

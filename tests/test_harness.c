@@ -209,98 +209,315 @@ static char *make_payload(size_t n, uint64_t seed)
     return p;
 }
 
+/* ---- servers, stopped by the suite's fini even when an assertion fails ---- */
+
+static tu_s3 S1, S2;
+static tu_proxy P;
+
+static void stop_all(void)
+{
+    tu_proxy_stop(&P);
+    tu_s3_stop(&S1);
+    tu_s3_stop(&S2);
+}
+
+TestSuite(harness, .fini = stop_all);
+
 /* ---- s3rver ---- */
 
 Test(harness, s3rver_put_get_list)
 {
-    tu_s3 s;
-    tu_s3_start(&s, "bkt");
-    cr_assert(s.port > 0 && s.pid > 0);
+    tu_s3_start(&S1, "bkt");
+    cr_assert(S1.port > 0 && S1.pid > 0);
     char want[64];
-    snprintf(want, sizeof want, "http://127.0.0.1:%d", s.port);
-    cr_assert_str_eq(s.endpoint, want);
-    cr_assert_str_eq(getenv("AWS_ENDPOINT_URL_S3"), s.endpoint);
+    snprintf(want, sizeof want, "http://127.0.0.1:%d", S1.port);
+    cr_assert_str_eq(S1.endpoint, want);
+    cr_assert_str_eq(getenv("AWS_ENDPOINT_URL_S3"), S1.endpoint);
     cr_assert_str_eq(getenv("AWS_ACCESS_KEY_ID"), "S3RVER");
     cr_assert_str_eq(getenv("AWS_SECRET_ACCESS_KEY"), "S3RVER");
     cr_assert_str_eq(getenv("AWS_REGION"), "us-east-1");
 
     size_t n = 300000;
     char *payload = make_payload(n, 1);
-    int fd = connect_port(s.port);
+    int fd = connect_port(S1.port);
     resp r;
-    http(fd, "PUT", "/bkt/dir/obj%20one.bin", s.port, payload, n, &r);
+    http(fd, "PUT", "/bkt/dir/obj%20one.bin", S1.port, payload, n, &r);
     cr_assert_eq(r.status, 200, "PUT: %d\n%s%s", r.status, r.head, r.body);
     free(r.body);
     /* same connection: keep-alive works */
-    http(fd, "GET", "/bkt/dir/obj%20one.bin", s.port, NULL, 0, &r);
+    http(fd, "GET", "/bkt/dir/obj%20one.bin", S1.port, NULL, 0, &r);
     cr_assert_eq(r.status, 200);
     cr_assert_eq(r.body_len, n);
     cr_assert(memcmp(r.body, payload, n) == 0);
     free(r.body);
-    http(fd, "GET", "/bkt?list-type=2&prefix=dir/", s.port, NULL, 0, &r);
+    http(fd, "GET", "/bkt?list-type=2&prefix=dir/", S1.port, NULL, 0, &r);
     cr_assert_eq(r.status, 200);
     cr_assert(strstr(r.body, "<Key>dir/obj one.bin</Key>"), "%s", r.body);
     free(r.body);
-    http(fd, "GET", "/bkt/missing", s.port, NULL, 0, &r);
+    http(fd, "GET", "/bkt/missing", S1.port, NULL, 0, &r);
     cr_assert_eq(r.status, 404);
     cr_assert(strstr(r.body, "NoSuchKey"), "%s", r.body);
     free(r.body);
     close(fd);
     free(payload);
-    tu_s3_stop(&s);
+    tu_s3_stop(&S1);
 }
 
 Test(harness, s3rver_stop_removes_dir_and_process)
 {
-    tu_s3 s;
-    tu_s3_start(&s, "bkt");
-    char *dir = strdup(s.dir);
-    int pid = s.pid, port = s.port;
+    tu_s3_start(&S1, "bkt");
+    char *dir = strdup(S1.dir);
+    int pid = S1.pid, port = S1.port;
     struct stat st;
     cr_assert(stat(dir, &st) == 0 && S_ISDIR(st.st_mode));
     resp r;
     http1(port, "PUT", "/bkt/k", "v", 1, &r);
     cr_assert_eq(r.status, 200);
     free(r.body);
-    tu_s3_stop(&s);
+    tu_s3_stop(&S1);
     cr_assert(stat(dir, &st) != 0 && errno == ENOENT, "%s still exists", dir);
     cr_assert(kill(pid, 0) != 0 && errno == ESRCH, "s3rver pid %d still alive", pid);
-    cr_assert_null(s.dir);
+    cr_assert_null(S1.dir);
     /* nothing listens there any more */
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in a = {0};
     a.sin_family = AF_INET;
     a.sin_port = htons((uint16_t)port);
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    cr_assert(connect(fd, (struct sockaddr *)&a, sizeof a) != 0);
+    cr_assert(connect(fd, (struct sockaddr *)&S1, sizeof a) != 0);
     close(fd);
     free(dir);
-    tu_s3_stop(&s); /* idempotent */
+    tu_s3_stop(&S1); /* idempotent */
 }
 
 Test(harness, two_servers_at_once)
 {
-    tu_s3 a, b;
-    tu_s3_start(&a, "one");
-    tu_s3_start(&b, "two");
-    cr_assert_neq(a.port, b.port);
-    cr_assert_str_neq(a.dir, b.dir);
+    tu_s3_start(&S1, "one");
+    tu_s3_start(&S2, "two");
+    cr_assert_neq(S1.port, S2.port);
+    cr_assert_str_neq(S1.dir, S2.dir);
     resp r;
-    http1(a.port, "PUT", "/one/x", "from-a", 6, &r);
+    http1(S1.port, "PUT", "/one/x", "from-a", 6, &r);
     cr_assert_eq(r.status, 200);
     free(r.body);
-    http1(b.port, "GET", "/one/x", NULL, 0, &r);
+    http1(S2.port, "GET", "/one/x", NULL, 0, &r);
     cr_assert_eq(r.status, 404, "bucket one must not exist on b");
     free(r.body);
-    http1(b.port, "PUT", "/two/x", "from-b", 6, &r);
+    http1(S2.port, "PUT", "/two/x", "from-b", 6, &r);
     cr_assert_eq(r.status, 200);
     free(r.body);
-    http1(a.port, "GET", "/one/x", NULL, 0, &r);
+    http1(S1.port, "GET", "/one/x", NULL, 0, &r);
     cr_assert_str_eq(r.body, "from-a");
     free(r.body);
-    http1(b.port, "GET", "/two/x", NULL, 0, &r);
+    http1(S2.port, "GET", "/two/x", NULL, 0, &r);
     cr_assert_str_eq(r.body, "from-b");
     free(r.body);
-    tu_s3_stop(&a);
-    tu_s3_stop(&b);
+    tu_s3_stop(&S1);
+    tu_s3_stop(&S2);
+}
+
+/* ---- the fault proxy ---- */
+
+static long stat_of(int proxy_port, const char *name)
+{
+    resp r;
+    http1(proxy_port, "GET", "/__faultproxy/stats", NULL, 0, &r);
+    cr_assert_eq(r.status, 200);
+    long v = -1;
+    size_t nl = strlen(name);
+    for (char *line = r.body; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL)
+        if (strncmp(line, name, nl) == 0 && line[nl] == ' ')
+            v = strtol(line + nl + 1, NULL, 10);
+    free(r.body);
+    return v;
+}
+
+/* The header block without its Date line (which may tick between calls). */
+static void strip_date(char *head)
+{
+    char *d = strstr(head, "\r\nDate: ");
+    if (d) {
+        char *e = strstr(d + 2, "\r\n");
+        memmove(d, e, strlen(e) + 1);
+    }
+}
+
+Test(harness, proxy_rate0_forwards_byte_identically)
+{
+    tu_s3_start(&S1, "bkt");
+    tu_proxy_start(&P, S1.port, "rate=0");
+    cr_assert(P.port > 0 && P.port != S1.port);
+    char want[64];
+    snprintf(want, sizeof want, "http://127.0.0.1:%d", P.port);
+    cr_assert_str_eq(P.endpoint, want);
+
+    size_t n = 2500000;
+    char *payload = make_payload(n, 2);
+    int fd = connect_port(P.port); /* one client connection for everything */
+    resp r, d;
+    http(fd, "PUT", "/bkt/big", P.port, payload, n, &r);
+    cr_assert_eq(r.status, 200);
+    free(r.body);
+    http(fd, "PUT", "/bkt/empty", P.port, "", 0, &r);
+    cr_assert_eq(r.status, 200);
+    free(r.body);
+    const char *paths[] = {"/bkt/big", "/bkt/empty", "/bkt?list-type=2", "/bkt/nope", "/nob/x"};
+    for (size_t i = 0; i < sizeof paths / sizeof *paths; i++) {
+        http(fd, "GET", paths[i], P.port, NULL, 0, &r);
+        http1(S1.port, "GET", paths[i], NULL, 0, &d);
+        cr_assert_eq(r.status, d.status, "%s", paths[i]);
+        cr_assert_eq(r.body_len, d.body_len, "%s", paths[i]);
+        if (strstr(paths[i], "list-type")) { /* LastModified is per second, same here */
+            cr_assert(strstr(r.body, "<Key>big</Key>") && strstr(r.body, "<Key>empty</Key>"));
+        }
+        cr_assert(memcmp(r.body, d.body, r.body_len) == 0, "%s differs", paths[i]);
+        strip_date(r.head);
+        strip_date(d.head);
+        cr_assert_str_eq(r.head, d.head, "%s", paths[i]);
+        free(r.body);
+        free(d.body);
+    }
+    http(fd, "HEAD", "/bkt/big", P.port, NULL, 0, &r);
+    cr_assert_eq(r.status, 200);
+    cr_assert_eq(r.content_length, (long)n);
+    cr_assert_eq(r.body_len, 0);
+    free(r.body);
+    http(fd, "GET", "/bkt/big", P.port, NULL, 0, &r);
+    cr_assert_eq(r.body_len, n);
+    cr_assert(memcmp(r.body, payload, n) == 0);
+    free(r.body);
+    close(fd);
+    cr_assert_eq(stat_of(P.port, "requests"), 9);
+    cr_assert_eq(stat_of(P.port, "faults"), 0);
+    /* 1 for the requests above (keep-alive held), 3 for the stat reads
+     * (each on its own connection, this one included) */
+    cr_assert_eq(stat_of(P.port, "connections"), 4);
+    free(payload);
+    tu_proxy_stop(&P);
+    tu_s3_stop(&S1);
+}
+
+Test(harness, proxy_503_on_every_request)
+{
+    tu_s3_start(&S1, "bkt");
+    tu_proxy_start(&P, S1.port, "rate=1,kinds=503");
+    int fd = connect_port(P.port);
+    resp r;
+    const char *methods[] = {"PUT", "GET", "HEAD", "DELETE", "GET"};
+    for (size_t i = 0; i < sizeof methods / sizeof *methods; i++) {
+        int put = strcmp(methods[i], "PUT") == 0;
+        http(fd, methods[i], "/bkt/k", P.port, put ? "value" : NULL, put ? 5 : 0, &r);
+        cr_assert_eq(r.status, 503, "%s: %d", methods[i], r.status);
+        cr_assert_not(r.closed_early, "keep-alive after a 503");
+        if (strcmp(methods[i], "HEAD") != 0) {
+            cr_assert(strstr(r.body, "<Code>SlowDown</Code>"), "%s", r.body);
+            cr_assert(strstr(r.head, "application/xml"));
+        }
+        free(r.body);
+    }
+    close(fd);
+    /* a request answered by the proxy never reaches s3rver */
+    http1(S1.port, "GET", "/bkt/k", NULL, 0, &r);
+    cr_assert_eq(r.status, 404);
+    free(r.body);
+    cr_assert_eq(stat_of(P.port, "503"), 5);
+    tu_proxy_stop(&P);
+    tu_s3_stop(&S1);
+}
+
+Test(harness, proxy_500_reset_truncate_corrupt)
+{
+    tu_s3_start(&S1, "bkt");
+    size_t n = 100000;
+    char *payload = make_payload(n, 3);
+    resp r;
+    http1(S1.port, "PUT", "/bkt/obj", payload, n, &r);
+    cr_assert_eq(r.status, 200);
+    free(r.body);
+
+    tu_proxy_start(&P, S1.port, "rate=1,kinds=500");
+    http1(P.port, "GET", "/bkt/obj", NULL, 0, &r);
+    cr_assert_eq(r.status, 500);
+    cr_assert(strstr(r.body, "<Code>InternalError</Code>"), "%s", r.body);
+    free(r.body);
+    tu_proxy_stop(&P);
+
+    tu_proxy_start(&P, S1.port, "rate=1,kinds=reset");
+    http1(P.port, "GET", "/bkt/obj", NULL, 0, &r);
+    cr_assert_eq(r.status, 0);
+    cr_assert(r.closed_early && r.reset, "reset: closed %d reset %d", r.closed_early, r.reset);
+    free(r.body);
+    tu_proxy_stop(&P);
+
+    tu_proxy_start(&P, S1.port, "rate=1,kinds=truncate");
+    http1(P.port, "GET", "/bkt/obj", NULL, 0, &r);
+    cr_assert_eq(r.status, 200);
+    cr_assert_eq(r.content_length, (long)n);
+    cr_assert(r.closed_early);
+    cr_assert_lt(r.body_len, n);
+    cr_assert_eq(r.body_len, n / 2);
+    cr_assert(memcmp(r.body, payload, r.body_len) == 0);
+    free(r.body);
+    tu_proxy_stop(&P);
+
+    tu_proxy_start(&P, S1.port, "rate=1,kinds=corrupt,seed=5");
+    int fd = connect_port(P.port);
+    for (int round = 0; round < 2; round++) { /* keep-alive after corrupt */
+        http(fd, "GET", "/bkt/obj", P.port, NULL, 0, &r);
+        cr_assert_eq(r.status, 200);
+        cr_assert_eq(r.body_len, n);
+        size_t diffs = 0;
+        for (size_t i = 0; i < n; i++)
+            diffs += r.body[i] != payload[i];
+        cr_assert_eq(diffs, 1, "round %d: %zu bytes differ", round, diffs);
+        free(r.body);
+    }
+    close(fd);
+    tu_proxy_stop(&P);
+
+    tu_proxy_start(&P, S1.port, "rate=1,kinds=delay,delay_ms=300");
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    http1(P.port, "GET", "/bkt/obj", NULL, 0, &r);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    cr_assert_eq(r.status, 200);
+    cr_assert_eq(r.body_len, n);
+    free(r.body);
+    long ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
+    cr_assert_geq(ms, 300);
+    tu_proxy_stop(&P);
+    free(payload);
+    tu_s3_stop(&S1);
+}
+
+/* The faults for request n depend only on (seed, n). */
+static void fault_pattern(int upstream, const char *spec, char *out, int count)
+{
+    tu_proxy_start(&P, upstream, spec);
+    int fd = connect_port(P.port);
+    for (int i = 0; i < count; i++) {
+        resp r;
+        http(fd, "GET", "/bkt/x", P.port, NULL, 0, &r);
+        cr_assert(r.status == 404 || r.status == 503 || r.status == 500, "%d", r.status);
+        out[i] = r.status == 404 ? '.' : r.status == 503 ? 'S' : 'I';
+        free(r.body);
+    }
+    out[count] = 0;
+    close(fd);
+    tu_proxy_stop(&P);
+}
+
+Test(harness, proxy_faults_are_deterministic_per_seed)
+{
+    tu_s3_start(&S1, "bkt");
+    char a[41], b[41], c[41], d[41];
+    fault_pattern(S1.port, "rate=0.5,kinds=500+503,seed=7", a, 40);
+    fault_pattern(S1.port, "rate=0.5,kinds=500+503,seed=7", b, 40);
+    fault_pattern(S1.port, "rate=0.5,kinds=500+503,seed=8", c, 40);
+    fault_pattern(S1.port, "rate=1,kinds=503,skip=3,max=2", d, 10);
+    cr_assert_str_eq(a, b);
+    cr_assert_str_neq(a, c);
+    cr_assert(strchr(a, '.') && strchr(a, 'S') && strchr(a, 'I'), "%s", a);
+    cr_assert_str_eq(d, "...SS.....");
+    tu_s3_stop(&S1);
 }
