@@ -521,3 +521,85 @@ Test(harness, proxy_faults_are_deterministic_per_seed)
     cr_assert_str_eq(d, "...SS.....");
     tu_s3_stop(&S1);
 }
+
+/* ---- the independent reader, tests/sdk_check.mjs ---- */
+
+static int run_sdk_check(const char *mode, const char *dir, const char *page_size, char **out,
+                         char **err)
+{
+    char script[4096];
+    const char *td = getenv("S4KV_TESTS_DIR");
+    snprintf(script, sizeof script, "%s/sdk_check.mjs", td && *td ? td : "tests");
+    char *argv[] = {"/usr/bin/env", "node", script, "--bucket", "bkt", "--prefix", "db/",
+                    "--page-size", (char *)page_size, (char *)mode, (char *)dir, NULL};
+    size_t outlen;
+    return tu_run(argv, NULL, 0, out, &outlen, err);
+}
+
+Test(harness, sdk_check_reads_what_was_written)
+{
+    tu_s3_start(&S1, "bkt");
+    char *dir = tu_tmpdir("sdkcheck");
+    char path[4096];
+    snprintf(path, sizeof path, "%s/sub", dir);
+    cr_assert(mkdir(path, 0755) == 0);
+    const char *names[] = {"data_000001.s4kv", "MANIFEST", "empty", "sub/x y.bin", "sub/z"};
+    const char *keys[] = {"db/data_000001.s4kv", "db/MANIFEST", "db/empty", "db/sub/x%20y.bin",
+                          "db/sub/z"};
+    for (int i = 0; i < 5; i++) {
+        size_t n = i == 0 ? 700000 : i == 2 ? 0 : 100 + (size_t)i;
+        char *body = make_payload(n ? n : 1, 10 + (uint64_t)i);
+        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+        cr_assert(tu_write_file(path, body, n) == 0);
+        char target[256];
+        snprintf(target, sizeof target, "/bkt/%s", keys[i]);
+        resp r;
+        http1(S1.port, "PUT", target, body, n, &r);
+        cr_assert_eq(r.status, 200);
+        free(r.body);
+        free(body);
+    }
+    resp r;
+    http1(S1.port, "PUT", "/bkt/other/ignored", "x", 1, &r); /* outside the prefix */
+    free(r.body);
+
+    char *out = NULL, *err = NULL;
+    int rc = run_sdk_check("--compare", dir, "2", &out, &err); /* 3 list pages */
+    cr_assert_eq(rc, 0, "sdk_check: %s%s", out, err);
+    cr_assert(strstr(out, "5 objects") && strstr(out, "5 identical") && strstr(out, "3 list pages"),
+              "%s", out);
+    free(out);
+    free(err);
+
+    char *down = tu_tmpdir("sdkcheck-out");
+    rc = run_sdk_check("--out", down, "1000", &out, &err);
+    cr_assert_eq(rc, 0, "sdk_check: %s%s", out, err);
+    free(out);
+    free(err);
+    for (int i = 0; i < 5; i++) {
+        char a[4096], b[4096];
+        snprintf(a, sizeof a, "%s/%s", dir, names[i]);
+        snprintf(b, sizeof b, "%s/%s", down, names[i]);
+        size_t la, lb;
+        uint8_t *da = tu_read_file(a, &la), *db = tu_read_file(b, &lb);
+        cr_assert(da && db, "%s", names[i]);
+        cr_assert(la == lb && memcmp(da, db, la) == 0, "%s differs", names[i]);
+        free(da);
+        free(db);
+    }
+    tu_rmtree_free(down);
+
+    /* one flipped byte, one file without an object: exit 1 and both named */
+    snprintf(path, sizeof path, "%s/sub/z", dir);
+    cr_assert(tu_write_file(path, "not the same", 12) == 0);
+    snprintf(path, sizeof path, "%s/local-only", dir);
+    cr_assert(tu_write_file(path, "x", 1) == 0);
+    rc = run_sdk_check("--compare", dir, "1000", &out, &err);
+    cr_assert_eq(rc, 1, "%s%s", out, err);
+    cr_assert(strstr(err, "db/sub/z: differs") && strstr(err, "local-only: file has no object"),
+              "%s", err);
+    free(out);
+    free(err);
+    tu_rmtree_free(dir);
+    tu_s3_stop(&S1);
+}
