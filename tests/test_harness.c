@@ -603,3 +603,81 @@ Test(harness, sdk_check_reads_what_was_written)
     tu_rmtree_free(dir);
     tu_s3_stop(&S1);
 }
+
+/* s3rver writes a PUT body straight into the object file, so an upload cut
+ * by a dying client leaves a truncated object (real S3 keeps the old one).
+ * The proxy reads request bodies whole before forwarding (atomic=1, its
+ * default), so tests that kill the client mid-upload go through it. */
+Test(harness, proxy_atomic_put_survives_a_dying_client)
+{
+    tu_s3_start(&S1, "bkt");
+    char v1[1000];
+    memset(v1, 'A', sizeof v1);
+    resp r;
+    http1(S1.port, "PUT", "/bkt/MANIFEST", v1, sizeof v1, &r);
+    cr_assert_eq(r.status, 200);
+    free(r.body);
+    tu_proxy_start(&P, S1.port, "rate=0");
+    int fd = connect_port(P.port);
+    char req[256], part[300];
+    int n = snprintf(req, sizeof req,
+                     "PUT /bkt/MANIFEST HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Length: 1000\r\n\r\n",
+                     P.port);
+    memset(part, 'B', sizeof part);
+    send_all(fd, req, (size_t)n);
+    send_all(fd, part, sizeof part);
+    close(fd); /* the client dies mid-body */
+    for (int i = 0; i < 200 && stat_of(P.port, "aborted_requests") < 1; i++)
+        usleep(10000);
+    cr_assert_eq(stat_of(P.port, "aborted_requests"), 1);
+    http1(S1.port, "GET", "/bkt/MANIFEST", NULL, 0, &r);
+    cr_assert_eq(r.status, 200);
+    cr_assert_eq(r.body_len, sizeof v1, "old object replaced by %zu bytes", r.body_len);
+    cr_assert(memcmp(r.body, v1, sizeof v1) == 0);
+    free(r.body);
+    tu_proxy_stop(&P);
+    tu_s3_stop(&S1);
+}
+
+/* Chunked request bodies pass through, buffered (atomic=1, re-framed with
+ * Content-Length) and streamed (atomic=0). */
+Test(harness, proxy_chunked_request_body)
+{
+    tu_s3_start(&S1, "bkt");
+    const char *specs[] = {"rate=0", "rate=0,atomic=0"};
+    for (int i = 0; i < 2; i++) {
+        tu_proxy_start(&P, S1.port, specs[i]);
+        int fd = connect_port(P.port);
+        char req[512];
+        int n = snprintf(req, sizeof req,
+                         "PUT /bkt/chunked%d HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
+                         "Transfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n"
+                         "5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\n\r\n",
+                         i, P.port);
+        send_all(fd, req, (size_t)n);
+        /* the proxy answers 100 Continue itself, then the final answer */
+        char buf[4096];
+        size_t got = 0;
+        while (got < sizeof buf - 1) {
+            struct pollfd pfd = {fd, POLLIN, 0};
+            cr_assert(poll(&pfd, 1, 10000) == 1);
+            ssize_t k = recv(fd, buf + got, sizeof buf - 1 - got, 0);
+            cr_assert(k > 0);
+            got += (size_t)k;
+            buf[got] = 0;
+            if (strstr(buf, "HTTP/1.1 200") && strstr(strstr(buf, "HTTP/1.1 200"), "\r\n\r\n"))
+                break;
+        }
+        cr_assert(strncmp(buf, "HTTP/1.1 100 Continue\r\n\r\n", 25) == 0, "%s", buf);
+        close(fd);
+        char path[64];
+        snprintf(path, sizeof path, "/bkt/chunked%d", i);
+        resp r;
+        http1(S1.port, "GET", path, NULL, 0, &r);
+        cr_assert_eq(r.status, 200);
+        cr_assert_str_eq(r.body, "hello, world", "%s", specs[i]);
+        free(r.body);
+        tu_proxy_stop(&P);
+    }
+    tu_s3_stop(&S1);
+}

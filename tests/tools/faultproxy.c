@@ -11,9 +11,12 @@
  * client can send many requests on one connection. Each request is forwarded
  * on a fresh upstream connection, closed after the response (s3rver drops
  * idle keep-alive connections after 5 s; a fresh connection per request
- * never races that). Request bodies are streamed, not buffered; responses are
- * streamed unless a fault needs the whole body (truncate, corrupt), in which
- * case the body is buffered and re-framed with Content-Length.
+ * never races that). Request bodies are read whole before forwarding
+ * (atomic=1, the default: an upload cut by a dying client never reaches
+ * s3rver, which would otherwise keep the truncated object), or streamed with
+ * atomic=0. Responses are streamed unless a fault needs the whole body
+ * (truncate, corrupt), in which case the body is buffered and re-framed with
+ * Content-Length.
  * `Expect: 100-continue` is answered by the proxy itself and not forwarded.
  *
  * Fault decisions are a pure function of (seed, request number): request n
@@ -23,7 +26,8 @@
  *
  * Invariants: only loopback addresses are accepted for --listen and
  * --upstream; a request the proxy answers itself (500, 503, reset) never
- * reaches upstream; every other request reaches upstream exactly once.
+ * reaches upstream; every other request reaches upstream at most once (with
+ * atomic=1, exactly when its whole body arrived).
  */
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -62,14 +66,15 @@ static struct {
     long max;      /* at most `max` faults in all (-1: no limit) */
     char methods[128]; /* "+GET+PUT+" or "" for all */
     char match[256];   /* substring of the request target, or "" */
+    int atomic;        /* read request bodies whole before forwarding */
 } spec = {0, (1u << K_500) | (1u << K_503) | (1u << K_RESET) | (1u << K_TRUNCATE),
-          1, 500, 0, -1, "", ""};
+          1, 500, 0, -1, "", "", 1};
 
 static struct sockaddr_in upstream_addr;
 static int log_requests;
 static volatile sig_atomic_t stop_flag;
 
-static atomic_long n_requests, n_connections, n_faults, n_upstream_errors;
+static atomic_long n_requests, n_connections, n_faults, n_upstream_errors, n_aborted;
 static atomic_long n_by_kind[K_COUNT];
 
 static void die(const char *fmt, ...)
@@ -441,9 +446,12 @@ static void abort_connection(int fd)
 
 static void format_stats(char *out, size_t cap)
 {
-    int n = snprintf(out, cap, "requests %ld\nconnections %ld\nfaults %ld\nupstream_errors %ld\n",
+    int n = snprintf(out, cap,
+                     "requests %ld\nconnections %ld\nfaults %ld\nupstream_errors %ld\n"
+                     "aborted_requests %ld\n",
                      atomic_load(&n_requests), atomic_load(&n_connections),
-                     atomic_load(&n_faults), atomic_load(&n_upstream_errors));
+                     atomic_load(&n_faults), atomic_load(&n_upstream_errors),
+                     atomic_load(&n_aborted));
     for (int k = 0; k < K_COUNT && n > 0 && (size_t)n < cap; k++)
         n += snprintf(out + n, cap - (size_t)n, "%s %ld\n", kind_names[k],
                       atomic_load(&n_by_kind[k]));
@@ -611,37 +619,68 @@ static int serve_one(bconn *cb, bconn *ub)
     if (fault == K_DELAY)
         sleep_ms(spec.delay_ms);
 
+    /* With atomic=1 the request body is read whole first: a client that dies
+     * mid-body sends nothing upstream (s3rver writes a PUT body straight into
+     * the object file, so a cut upload would leave a truncated object behind,
+     * which real S3 never does). */
+    membuf qbody = {0};
+    int buffered = spec.atomic && qk != BODY_NONE;
+    if (buffered) {
+        sink capture = {-1, &qbody, 0};
+        if (relay_body(cb, qk, qlen, &capture) != 0) {
+            atomic_fetch_add(&n_aborted, 1);
+            free(qbody.p);
+            free(head);
+            return 0; /* the client went away: forward nothing */
+        }
+    }
+
     /* forward the request on a fresh upstream connection */
     ub->fd = connect_upstream();
     ub->pos = ub->len = 0;
     if (ub->fd < 0) {
         atomic_fetch_add(&n_upstream_errors, 1);
         sink none = {-1, NULL, 0};
-        int ok = relay_body(cb, qk, qlen, &none) == 0;
+        int ok = buffered || relay_body(cb, qk, qlen, &none) == 0;
         send_error(cb->fd, 502, "BadGateway", "faultproxy: upstream connection refused", reqno,
                    is_head, ok && !client_close);
+        free(qbody.p);
         free(head);
         return ok && !client_close ? 1 : 0;
     }
     static const char *const drop_req[] = {"Expect", "Proxy-Connection", NULL};
+    static const char *const drop_req_chunked[] = {"Expect", "Proxy-Connection",
+                                                   "Transfer-Encoding", "Content-Length", NULL};
     size_t fl;
-    char *fwd = head_rewrite(head, drop_req, NULL, &fl);
+    char *fwd;
+    if (buffered && qk == BODY_CHUNKED) { /* re-framed with the decoded length */
+        char extra[64];
+        snprintf(extra, sizeof extra, "Content-Length: %zu\r\n", qbody.len);
+        fwd = head_rewrite(head, drop_req_chunked, extra, &fl);
+    } else {
+        fwd = head_rewrite(head, drop_req, NULL, &fl);
+    }
     free(head);
     head = NULL;
     int keep = !client_close;
     sink up = {ub->fd, NULL, 0};
-    if (!fwd || send_all(ub->fd, fwd, fl) != 0 || relay_body(cb, qk, qlen, &up) != 0) {
-        free(fwd);
+    int sent = fwd && send_all(ub->fd, fwd, fl) == 0;
+    if (sent && buffered)
+        sent = qbody.len == 0 || send_all(ub->fd, qbody.p, qbody.len) == 0;
+    else if (sent && relay_body(cb, qk, qlen, &up) != 0)
+        sent = 0; /* client went away mid-body (streamed: upstream saw a part) */
+    free(qbody.p);
+    free(fwd);
+    if (!sent || up.out_err) {
         close(ub->fd);
         ub->fd = -1;
-        if (up.out_err) { /* upstream failed; the request body was consumed */
+        if (buffered || up.out_err) { /* the request body was consumed */
             atomic_fetch_add(&n_upstream_errors, 1);
             send_error(cb->fd, 502, "BadGateway", "faultproxy: upstream write failed", reqno,
                        is_head, 0);
         }
         return 0;
     }
-    free(fwd);
 
     /* the response (skipping interim 1xx answers, which are not forwarded) */
     char *rhead = NULL;
@@ -707,11 +746,11 @@ static int serve_one(bconn *cb, bconn *ub)
         ret = keep ? 1 : 0;
     } else {
         sink cl = {cb->fd, NULL, 0};
-        int sent = send_all(cb->fd, rhead, rhl);
+        int head_sent = send_all(cb->fd, rhead, rhl);
         int ok = relay_body(ub, rk, rlen, &cl) == 0;
         if (rk == BODY_EOF)
             keep = 0;
-        ret = (sent == 0 && ok && !cl.out_err && keep) ? 1 : 0;
+        ret = (head_sent == 0 && ok && !cl.out_err && keep) ? 1 : 0;
     }
     free(rhead);
     close(ub->fd);
@@ -777,6 +816,11 @@ static void usage(FILE *f)
           "  max=N         at most N faults in all (default no limit)\n"
           "  methods=M+M   only fault these methods, e.g. GET+PUT (default all)\n"
           "  match=STR     only fault requests whose target contains STR\n"
+          "  atomic=1|0    1 (default): read each request body whole before sending\n"
+          "                anything upstream, so a client that dies mid-upload leaves\n"
+          "                nothing behind (s3rver writes PUT bodies in place and keeps\n"
+          "                a truncated object; real S3 never does); chunked request\n"
+          "                bodies are re-framed with Content-Length. 0: stream bodies\n"
           "\n"
           "Example: --faults rate=0.3,kinds=500+503+reset+truncate,seed=7\n",
           f);
@@ -854,6 +898,10 @@ static void parse_spec(const char *s)
             if (end == v || *end || d < 0 || d > 600000)
                 die("--faults: bad delay_ms '%s'", v);
             spec.delay_ms = (int)d;
+        } else if (strcmp(k, "atomic") == 0) {
+            if (strcmp(v, "0") != 0 && strcmp(v, "1") != 0)
+                die("--faults: atomic must be 0 or 1, got '%s'", v);
+            spec.atomic = v[0] == '1';
         } else if (strcmp(k, "skip") == 0 || strcmp(k, "max") == 0) {
             long n = strtol(v, &end, 10);
             if (end == v || *end || n < 0)
