@@ -24,7 +24,10 @@
  * capped exponential backoff (base 100 ms, cap 20 s) and full jitter, at most
  * max_attempts attempts, drawing on a retry budget (token bucket of 500; a
  * retry costs 5, a timeout 10, a success gives 1 back) so a dead endpoint
- * fails fast. Other 4xx are not retried.
+ * fails fast. Other 4xx are not retried. The backoff base and cap can be
+ * changed for new clients with S4KV_S3_RETRY_BASE_MS / S4KV_S3_RETRY_CAP_MS
+ * (tests shrink them); S4KV_S3_TRACE=1 prints one line per HTTP attempt on
+ * stderr (method, path, status, time; never a header value).
  */
 #ifndef S4KV_S3_H
 #define S4KV_S3_H
@@ -53,7 +56,14 @@ typedef struct s3_config {
  * AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN, else the
  * profile (profile_override, else AWS_PROFILE, else "default") from
  * ~/.aws/credentials (AWS_SHARED_CREDENTIALS_FILE) and ~/.aws/config
- * (AWS_CONFIG_FILE; "[profile NAME]" sections; region, endpoint_url);
+ * (AWS_CONFIG_FILE; "[profile NAME]" sections; region, endpoint_url, a
+ * "services" section's s3 endpoint_url, s3 addressing_style, ca_bundle,
+ * max_attempts). As with the AWS CLI's --profile, a profile_override makes
+ * the profile's keys win over AWS_ACCESS_KEY_ID; AWS_PROFILE does not.
+ * AWS_DEFAULT_PROFILE is read after AWS_PROFILE, AWS_MAX_ATTEMPTS sets
+ * max_attempts, AWS_IGNORE_CONFIGURED_ENDPOINT_URLS=true ignores all endpoints
+ * but the override. Profiles that need credential_process, SSO or role
+ * assumption are refused with a message saying to export keys instead;
  * AWS_REGION / AWS_DEFAULT_REGION; endpoint from endpoint_override, else
  * AWS_ENDPOINT_URL_S3, else AWS_ENDPOINT_URL, else the profile's
  * endpoint_url, else AWS for the region. A custom endpoint implies path-style
@@ -67,14 +77,19 @@ int s3_config_from_env(s3_config *c, const char *profile_override,
 void s3_config_free(s3_config *c);
 
 /* Parses "s3://bucket/prefix/" (prefix optional; a missing trailing '/' is
- * added, so "s3://b/db" and "s3://b/db/" name the same prefix "db/").
+ * added, so "s3://bkt/db" and "s3://bkt/db/" name the same prefix "db/").
+ * The bucket follows S3's naming rules (3 to 63 of a-z 0-9 . -, starting and
+ * ending with a letter or digit, no "..", not an IP address).
  * *bucket and *prefix are malloc'd (prefix may be ""). Errors: S4KV_EINVAL
  * naming what is wrong (scheme, empty bucket, bad bucket characters). */
 int s3_url_parse(const char *url, char **bucket, char **prefix, char *err, size_t errlen);
 
 typedef struct s3_client s3_client;
 
-/* New client for `bucket`. Copies c. NULL on error (message in err). */
+/* New client for `bucket`. Copies c. NULL on error (message in err).
+ * part_size below 5 MiB is raised to 5 MiB (S3's minimum). Virtual-host
+ * addressing falls back to path style for bucket names that are not DNS
+ * labels, or that contain '.' over https (the certificate would not match). */
 s3_client *s3_client_new(const s3_config *c, const char *bucket, char *err, size_t errlen);
 void s3_client_free(s3_client *cl);
 
@@ -90,18 +105,23 @@ void s3_client_stats(s3_client *cl, s3_stats *st);
 
 /* Single-request operations. Keys are object keys (no leading '/'); any
  * bytes are allowed and are URI-encoded on the wire. */
+/* len >= multipart_threshold goes as a multipart upload (through s3_run). */
 int s3_put(s3_client *cl, const char *key, const void *buf, size_t len, char *err, size_t errlen);
 /* Whole object into a malloc'd buffer (*buf, *len; free()). */
 int s3_get(s3_client *cl, const char *key, uint8_t **buf, size_t *len, char *err, size_t errlen);
 /* Exactly len bytes at offset off (one GET with Range: bytes=off-(off+len-1)).
- * A shorter or longer body is S4KV_ECORRUPT. */
+ * A shorter or longer body is S4KV_ECORRUPT, and so is a range that starts
+ * past the end of the object (HTTP 416): the message says the object is
+ * shorter. len 0 returns 0 without a request. */
 int s3_get_range(s3_client *cl, const char *key, uint64_t off, void *buf, size_t len,
                  char *err, size_t errlen);
 int s3_head(s3_client *cl, const char *key, uint64_t *size, char *err, size_t errlen);
 /* Deleting a missing key succeeds (S3 semantics). */
 int s3_delete(s3_client *cl, const char *key, char *err, size_t errlen);
-/* DeleteObjects in batches of 1000 (quiet mode); any per-key error fails the
- * call with the first key and its S3 error code. */
+/* DeleteObjects in batches of 1000 (quiet mode, with Content-MD5); any
+ * per-key error fails the call with the first key and its S3 error code.
+ * Keys an XML 1.0 body cannot carry (control characters other than TAB, LF,
+ * CR; invalid UTF-8) are deleted one by one with DELETE. */
 int s3_delete_many(s3_client *cl, char *const *keys, size_t n, char *err, size_t errlen);
 
 typedef struct s3_object {
@@ -110,7 +130,8 @@ typedef struct s3_object {
     int64_t mtime;   /* LastModified, Unix seconds */
     char etag[80];   /* without quotes */
 } s3_object;
-/* ListObjectsV2 of everything under prefix, following continuation tokens.
+/* ListObjectsV2 of everything under prefix, following continuation tokens
+ * (asks for encoding-type=url and decodes keys when the server honours it).
  * *objs is a malloc'd array of *n (free with s3_objects_free). */
 int s3_list(s3_client *cl, const char *prefix, s3_object **objs, size_t *n, char *err,
             size_t errlen);
@@ -131,8 +152,14 @@ typedef struct s3_xfer {
 } s3_xfer;
 /* Progress callback: bytes done / total across all transfers. */
 typedef void (*s3_progress_fn)(void *ctx, uint64_t done, uint64_t total);
-/* Runs every transfer, up to max_parallel at once; PUTs of len >=
- * multipart_threshold go as multipart uploads with their parts in parallel.
+/* Runs every transfer, up to max_parallel requests at once; PUTs of len >=
+ * multipart_threshold go as multipart uploads with their parts in parallel
+ * (aborted with AbortMultipartUpload when a part or the completion fails).
+ * Every request body is hashed (SHA-256) before it is sent. GET_FILE writes
+ * path.tmp, checks the length (len, when not UINT64_MAX), fdatasyncs it and
+ * renames it to path; a failed GET_FILE leaves neither file behind (the
+ * caller fsyncs the directory if it needs the rename durable). Progress is
+ * reported as requests finish, from this thread.
  * Returns 0 when all succeeded, else the first failure's code (each xfer has
  * its own rc and err). */
 int s3_run(s3_client *cl, s3_xfer *x, size_t n, s3_progress_fn progress, void *ctx);
