@@ -389,9 +389,10 @@ Test(harness, proxy_rate0_forwards_byte_identically)
     close(fd);
     cr_assert_eq(stat_of(P.port, "requests"), 9);
     cr_assert_eq(stat_of(P.port, "faults"), 0);
-    /* 1 for the requests above (keep-alive held), 3 for the stat reads
+    cr_assert_eq(stat_of(P.port, "inflight"), 0);
+    /* 1 for the requests above (keep-alive held), 4 for the stat reads
      * (each on its own connection, this one included) */
-    cr_assert_eq(stat_of(P.port, "connections"), 4);
+    cr_assert_eq(stat_of(P.port, "connections"), 5);
     free(payload);
     tu_proxy_stop(&P);
     tu_s3_stop(&S1);

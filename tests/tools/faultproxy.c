@@ -75,6 +75,7 @@ static int log_requests;
 static volatile sig_atomic_t stop_flag;
 
 static atomic_long n_requests, n_connections, n_faults, n_upstream_errors, n_aborted;
+static atomic_long n_inflight; /* requests forwarded upstream, response not yet read */
 static atomic_long n_by_kind[K_COUNT];
 
 static void die(const char *fmt, ...)
@@ -448,10 +449,10 @@ static void format_stats(char *out, size_t cap)
 {
     int n = snprintf(out, cap,
                      "requests %ld\nconnections %ld\nfaults %ld\nupstream_errors %ld\n"
-                     "aborted_requests %ld\n",
+                     "aborted_requests %ld\ninflight %ld\n",
                      atomic_load(&n_requests), atomic_load(&n_connections),
                      atomic_load(&n_faults), atomic_load(&n_upstream_errors),
-                     atomic_load(&n_aborted));
+                     atomic_load(&n_aborted), atomic_load(&n_inflight));
     for (int k = 0; k < K_COUNT && n > 0 && (size_t)n < cap; k++)
         n += snprintf(out + n, cap - (size_t)n, "%s %ld\n", kind_names[k],
                       atomic_load(&n_by_kind[k]));
@@ -638,6 +639,8 @@ static int serve_one(bconn *cb, bconn *ub)
     /* forward the request on a fresh upstream connection */
     ub->fd = connect_upstream();
     ub->pos = ub->len = 0;
+    if (ub->fd >= 0)
+        atomic_fetch_add(&n_inflight, 1); /* until its upstream socket closes */
     if (ub->fd < 0) {
         atomic_fetch_add(&n_upstream_errors, 1);
         sink none = {-1, NULL, 0};
@@ -673,6 +676,7 @@ static int serve_one(bconn *cb, bconn *ub)
     free(fwd);
     if (!sent || up.out_err) {
         close(ub->fd);
+        atomic_fetch_sub(&n_inflight, 1);
         ub->fd = -1;
         if (buffered || up.out_err) { /* the request body was consumed */
             atomic_fetch_add(&n_upstream_errors, 1);
@@ -692,6 +696,7 @@ static int serve_one(bconn *cb, bconn *ub)
         if (read_head(ub, &rhead, &rhl) != 1 || sscanf(rhead, "HTTP/1.%*d %d", &status) != 1) {
             free(rhead);
             close(ub->fd);
+            atomic_fetch_sub(&n_inflight, 1);
             ub->fd = -1;
             atomic_fetch_add(&n_upstream_errors, 1);
             send_error(cb->fd, 502, "BadGateway", "faultproxy: no response from upstream",
@@ -754,6 +759,7 @@ static int serve_one(bconn *cb, bconn *ub)
     }
     free(rhead);
     close(ub->fd);
+    atomic_fetch_sub(&n_inflight, 1);
     ub->fd = -1;
     return ret;
 }
@@ -794,7 +800,10 @@ static void usage(FILE *f)
           "printed on stdout (a line with the number) and written to FILE, and\n"
           "'faultproxy listening on 127.0.0.1:PORT' goes to stderr. At exit\n"
           "(SIGTERM, SIGINT) the statistics go to stderr. GET /__faultproxy/stats\n"
-          "answers them at any time (that request is neither counted nor faulted).\n"
+          "answers them at any time (that request is neither counted nor faulted);\n"
+          "'inflight' there counts requests forwarded upstream whose response has\n"
+          "not been read whole yet (wait for 0 before reading what a killed client\n"
+          "was writing: s3rver writes objects in place).\n"
           "\n"
           "SPEC is a comma-separated list of key=value:\n"
           "  rate=R        fraction of requests faulted, 0..1 (default 0; 1 = all)\n"
