@@ -3,6 +3,13 @@
  * per command, progress and summaries on stderr, and the mapping of engine
  * errors to exit codes. The import/export codecs live in format.c.
  *
+ * With --s3 (or $S4KV_S3) the same commands work against a database in
+ * s3://bucket/prefix/ (sync/replica.c): reads open DIR when it holds a
+ * database (segments missing there are read remotely) or S3 alone; writes
+ * go to DIR first (downloading the remote database when DIR has none, so a
+ * write never starts a new database over an existing one) and are uploaded
+ * after; upload and download move the whole database.
+ *
  * Invariants: every error is exactly one line on stderr starting with
  * "s4kv: " and naming what failed (the key, the directory, the input line);
  * stdout carries only the command's output (values, keys, records, reports);
@@ -14,6 +21,7 @@
 #include "s4kv.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -28,7 +36,10 @@ enum {
     EX_OK = 0,
     EX_NOTFOUND = 1, /* get of an absent key */
     EX_USAGE = 2,    /* bad command line */
-    EX_ERR = 3,      /* I/O or any other error, malformed import input */
+    EX_ERR = 3,      /* I/O or any other error, malformed import input, every S3
+                        error including its configuration (URL, profile,
+                        credentials: they come from the environment and files
+                        as much as from the command line, and scripts test 3) */
     EX_CORRUPT = 4,  /* S4KV_ECORRUPT: a checksum or structure check failed */
     EX_LOCKED = 5,   /* S4KV_ELOCKED: another process holds the writer lock */
 };
@@ -38,6 +49,8 @@ enum {
 /* A batch is also committed early once it holds this many bytes, so that a
  * --batch of large values stays far below S4KV_MAX_BATCH_BYTES. */
 #define IMPORT_BATCH_BYTES (64u << 20)
+/* --parallel: concurrent S3 transfers. */
+#define PARALLEL_MAX 256
 
 /* Which options a command accepts (besides -d/--dir and -h/--help). */
 enum {
@@ -60,6 +73,16 @@ typedef struct cli {
     int tty;              /* stderr is a terminal: show progress */
     double last_progress; /* monotonic seconds of the last progress line */
     int progress_shown;   /* a progress line is on the terminal */
+    /* S3 (global options, also accepted after the command) */
+    const char *s3;       /* --s3 URL, else $S4KV_S3; NULL = local only */
+    const char *endpoint; /* --endpoint */
+    const char *profile;  /* --profile */
+    int insecure_tls;     /* --no-verify-tls */
+    int64_t retention_s;  /* --retention; -1 = until the next compaction */
+    int parallel;         /* --parallel; 0 = the library's default */
+    s4kv_s3_options s3o;  /* built from the above; outlives every handle */
+    const char *label;    /* what messages call the database: DIR, or the S3
+                             URL when it was opened from S3 alone */
 } cli;
 
 typedef struct command {
@@ -205,17 +228,24 @@ static const char HELP_EXIT[] =
     "  0  success (delete of an absent key is a success)\n"
     "  1  not found: get of an absent key\n"
     "  2  usage error: unknown command or option, missing or extra arguments,\n"
-    "     an empty or oversized key or value given on the command line\n"
+    "     an empty or oversized key or value given on the command line, upload\n"
+    "     or download without --s3 (or $S4KV_S3), a bad --retention or --parallel\n"
     "  3  I/O or other error: malformed import input, no database at DIR for a\n"
     "     read-only command, a failed write to stdout (a closed pipe, EPIPE,\n"
-    "     exits 3 without a message)\n"
+    "     exits 3 without a message); and every S3 error: no database under the\n"
+    "     prefix, a prefix holding a different database, a request that failed\n"
+    "     after its retries (the message names the operation, the object and\n"
+    "     the HTTP status), and the S3 configuration: a malformed s3:// URL or\n"
+    "     endpoint, an unknown profile, missing credentials (the message says\n"
+    "     what to set)\n"
     "  4  corruption detected: a checksum or structure check failed (verify\n"
-    "     found problems, get met a damaged record)\n"
+    "     found problems, get met a damaged record, a downloaded object failed\n"
+    "     its checks)\n"
     "  5  the database is locked by another writer\n"
     "Every error is one line on stderr starting with \"s4kv: \".\n";
 
 static const char HELP_GLOBAL[] =
-    "usage: s4kv [-d DIR] COMMAND [ARGS...]\n"
+    "usage: s4kv [-d DIR] [--s3 s3://BUCKET/PREFIX/] COMMAND [ARGS...]\n"
     "\n"
     "s4kv is a log-structured key-value store. Keys are byte strings of 1 to\n"
     "65535 bytes, values byte strings of 0 to 256 MiB.\n"
@@ -235,10 +265,13 @@ static const char HELP_GLOBAL[] =
     "  rebuild-index                     rebuild the index from the log\n"
     "  verify                            check every record and the index\n"
     "  stats [--json]                    show counters\n"
+    "  upload                            send DIR's database to S3 (needs --s3)\n"
+    "  download                          fetch the S3 database into DIR (needs --s3)\n"
     "\n"
     "Options:\n"
     "  -d, --dir DIR  the database directory (default: $S4KV_DIR, else\n"
     "                 ./s4kv-data); also accepted after the command\n"
+    "  --s3 URL       the database in S3 (default: $S4KV_S3); see \"S3\" below\n"
     "  -h, --help     this help; 's4kv COMMAND --help' for one command\n"
     "  --version      print the version\n"
     "  --             ends the options (for keys that start with '-')\n"
@@ -246,7 +279,58 @@ static const char HELP_GLOBAL[] =
     "Read-only commands (get, keys, scan, export, verify, stats) never create a\n"
     "database and run beside a writer; put, delete and import create DIR when\n"
     "it is missing; compact and rebuild-index need an existing database.\n"
+    "\n"
+    "S3 (these options are also accepted after the command):\n"
+    "  --s3 URL              s3://BUCKET/PREFIX/ holding the database (a missing\n"
+    "                        trailing '/' is added); default $S4KV_S3\n"
+    "  --endpoint URL        S3 endpoint, e.g. http://127.0.0.1:4568; overrides\n"
+    "                        AWS_ENDPOINT_URL_S3 and AWS_ENDPOINT_URL. A custom\n"
+    "                        endpoint is addressed path-style\n"
+    "  --profile NAME        AWS profile in ~/.aws/credentials or ~/.aws/config;\n"
+    "                        overrides AWS_PROFILE, and its keys are used instead\n"
+    "                        of AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY\n"
+    "  --no-verify-tls       do not verify the endpoint's TLS certificate (the\n"
+    "                        only ways to turn verification off are this and\n"
+    "                        S4KV_S3_INSECURE_TLS=1)\n"
+    "  --retention DURATION  N[s|m|h|d|w] (a plain N is seconds): an object an\n"
+    "                        upload dropped from the database (compaction) is\n"
+    "                        deleted by the first later upload at least DURATION\n"
+    "                        after it was dropped. Default: by the upload of the\n"
+    "                        next compaction, so readers of the previous\n"
+    "                        generation keep working until then\n"
+    "  --parallel N          concurrent transfers, 1 to 256 (default 8)\n"
+    "Configuration is read the way the AWS CLI reads it: AWS_ACCESS_KEY_ID,\n"
+    "AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN; else the profile\n"
+    "(AWS_PROFILE, else \"default\") in ~/.aws/credentials and ~/.aws/config\n"
+    "(paths from AWS_SHARED_CREDENTIALS_FILE and AWS_CONFIG_FILE);\n"
+    "AWS_REGION or AWS_DEFAULT_REGION (else the profile's region, else\n"
+    "us-east-1); AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL (else the profile's\n"
+    "endpoint_url, else AWS for the region); AWS_CA_BUNDLE (a CA file);\n"
+    "AWS_MAX_ATTEMPTS (attempts per request, default 3). Secrets are never\n"
+    "printed.\n"
+    "With --s3:\n"
+    "  get, keys, scan, export, verify, stats open DIR when it holds a database\n"
+    "    (segments missing there are read from S3), else S3 alone, with no\n"
+    "    local files: a get is one ranged GET; keys, scan and export fetch\n"
+    "    whole segments. stats adds the request counts.\n"
+    "  put, delete, import write to DIR, then upload. When DIR holds no\n"
+    "    database but S3 does, it is downloaded first (a write never starts a\n"
+    "    new database over an existing one).\n"
+    "  compact compacts DIR (downloading first likewise), then uploads; objects\n"
+    "    the compaction dropped are deleted later, per --retention.\n"
+    "  rebuild-index rebuilds DIR's index and uploads; without a database in\n"
+    "    DIR it rebuilds the S3 database's index in memory and writes nothing.\n"
+    "  upload and download move the database between DIR and S3.\n"
+    "A prefix without a MANIFEST holds no database: reads and download fail\n"
+    "(exit 3), while put, delete, import and upload start one there.\n"
     "\n";
+
+/* The S3 lines of every command's --help. */
+static const char HELP_S3_SHORT[] =
+    "  --s3 URL       the database in S3, s3://BUCKET/PREFIX/ (default:\n"
+    "                 $S4KV_S3); --endpoint, --profile, --no-verify-tls,\n"
+    "                 --retention, --parallel and the AWS environment: see\n"
+    "                 's4kv --help'\n";
 
 static void print_help(FILE *f, const command *cmd)
 {
@@ -260,8 +344,9 @@ static void print_help(FILE *f, const command *cmd)
     fprintf(f, "usage: s4kv [-d DIR] %s\n\n%s%s", cmd->usage, cmd->help,
             cmd->opts ? "" : "\nOptions:\n");
     fputs("  -d, --dir DIR  the database directory (default: $S4KV_DIR, else\n"
-          "                 ./s4kv-data)\n"
-          "  -h, --help     this help\n\n", f);
+          "                 ./s4kv-data)\n", f);
+    fputs(HELP_S3_SHORT, f);
+    fputs("  -h, --help     this help\n\n", f);
     if (cmd->formats_help) {
         fputs(HELP_FORMATS, f);
         fputc('\n', f);
@@ -271,11 +356,184 @@ static void print_help(FILE *f, const command *cmd)
 
 /* ---- opening ------------------------------------------------------------ */
 
-/* Opens c->dir. writable: read-write (else read-only); create: create the
- * database when missing; progress: report progress on a TTY. Returns an exit
- * status; on EX_OK *db is open. */
+/* Whether DIR holds a database (its MANIFEST, the commit point, exists). */
+static int local_db_exists(const cli *c)
+{
+    char path[PATH_MAX];
+    struct stat st;
+    if ((size_t)snprintf(path, sizeof path, "%s/MANIFEST", c->dir) >= sizeof path)
+        return 0;
+    return stat(path, &st) == 0;
+}
+
+/* Fills c->s3o from the S3 options; progress: report transfers on a TTY. */
+static s4kv_s3_options *s3_options(cli *c, int progress)
+{
+    s4kv_s3_options *o = &c->s3o;
+    s4kv_s3_options_init(o);
+    o->url = c->s3;
+    o->profile = c->profile;
+    o->endpoint = c->endpoint;
+    o->insecure_tls = c->insecure_tls;
+    o->retention_s = c->retention_s;
+    if (c->parallel > 0)
+        o->max_parallel = c->parallel;
+    o->log = log_cb;
+    o->log_ctx = c;
+    if (progress && c->tty) {
+        o->progress = progress_cb;
+        o->progress_ctx = c;
+    }
+    return o;
+}
+
+static const char *plural(uint64_t n)
+{
+    return n == 1 ? "" : "s";
+}
+
+static double mb_per_s(uint64_t bytes, double secs)
+{
+    return secs > 0 ? (double)bytes / 1e6 / secs : 0;
+}
+
+/* The summary line of an upload on stderr. */
+static void upload_summary(cli *c, const s4kv_s3_report *r, double secs)
+{
+    char a[32];
+    if (!r->published)
+        fprintf(stderr, "nothing to upload: %s is up to date at generation %llu "
+                "(%llu object%s already there); %llu request%s, %llu retr%s; %.2f s\n",
+                c->s3, (unsigned long long)r->generation,
+                (unsigned long long)r->objects_skipped, plural(r->objects_skipped),
+                (unsigned long long)r->requests, plural(r->requests),
+                (unsigned long long)r->retries, r->retries == 1 ? "y" : "ies", secs);
+    else
+        fprintf(stderr, "uploaded %llu object%s (%s) to %s, %llu skipped, %llu deleted; "
+                "published generation %llu; %llu request%s, %llu retr%s; %.2f s, "
+                "%.1f MB/s\n",
+                (unsigned long long)r->objects_uploaded, plural(r->objects_uploaded),
+                hsize(r->bytes_uploaded, a), c->s3, (unsigned long long)r->objects_skipped,
+                (unsigned long long)r->objects_deleted, (unsigned long long)r->generation,
+                (unsigned long long)r->requests, plural(r->requests),
+                (unsigned long long)r->retries, r->retries == 1 ? "y" : "ies", secs,
+                mb_per_s(r->bytes_uploaded, secs));
+}
+
+/* The summary line of a download on stderr. */
+static void download_summary(cli *c, const s4kv_s3_report *r, double secs)
+{
+    char a[32];
+    if (!r->objects_downloaded)
+        fprintf(stderr, "nothing to download: %s already holds generation %llu of %s "
+                "(%llu object%s checked); %llu request%s, %llu retr%s; %.2f s\n",
+                c->dir, (unsigned long long)r->generation, c->s3,
+                (unsigned long long)r->objects_skipped, plural(r->objects_skipped),
+                (unsigned long long)r->requests, plural(r->requests),
+                (unsigned long long)r->retries, r->retries == 1 ? "y" : "ies", secs);
+    else
+        fprintf(stderr, "downloaded %llu object%s (%s) from %s into %s, %llu skipped "
+                "(already there); generation %llu; %llu request%s, %llu retr%s; %.2f s, "
+                "%.1f MB/s\n",
+                (unsigned long long)r->objects_downloaded, plural(r->objects_downloaded),
+                hsize(r->bytes_downloaded, a), c->s3, c->dir,
+                (unsigned long long)r->objects_skipped, (unsigned long long)r->generation,
+                (unsigned long long)r->requests, plural(r->requests),
+                (unsigned long long)r->retries, r->retries == 1 ? "y" : "ies", secs,
+                mb_per_s(r->bytes_downloaded, secs));
+}
+
+/* Opens the database of --s3 read-only: through DIR when it holds one
+ * (segments missing there are read remotely), else from S3 alone. */
+static int open_s3_db(cli *c, int progress, s4kv_db **db)
+{
+    int local = local_db_exists(c);
+    s4kv_options opt;
+    s4kv_options_init(&opt);
+    opt.log = log_cb;
+    opt.log_ctx = c;
+    if (progress && c->tty) {
+        opt.progress = progress_cb;
+        opt.progress_ctx = c;
+    }
+    char err[512] = "";
+    int rc = s4kv_open_s3(local ? c->dir : NULL, &opt, s3_options(c, 0), db, err, sizeof err);
+    if (rc == 0) {
+        if (!local)
+            c->label = c->s3;
+        return EX_OK;
+    }
+    /* A remote-only open that finds no MANIFEST: the engine's message names
+     * the placeholder directory s4kv_open_s3 passes, not the URL. */
+    if (rc == S4KV_ENOENT && !local && strstr(err, "no database at"))
+        msg("no database at %s (no MANIFEST under the prefix)", c->s3);
+    else if (rc == S4KV_ENOENT && strstr(err, "no database at"))
+        msg("%s", err);
+    else
+        msg("cannot open the database at %s: %s", local ? c->dir : c->s3, detail(err, rc));
+    return exit_for(rc);
+}
+
+/* Before a write with --s3: when DIR holds no database but the S3 prefix
+ * does, downloads it into DIR, so that the upload after the write continues
+ * that database instead of starting a new one over it. must_exist: the
+ * command needs a database (compact) and neither place has one. */
+static int s3_prepare_write(cli *c, int must_exist)
+{
+    if (!c->s3 || local_db_exists(c))
+        return EX_OK;
+    s4kv_s3_report rep;
+    memset(&rep, 0, sizeof rep);
+    char err[512] = "";
+    double t0 = now();
+    int rc = s4kv_download(c->dir, s3_options(c, 1), &rep, err, sizeof err);
+    progress_clear(c);
+    if (rc == S4KV_ENOENT && strstr(err, "no database at")) {
+        if (!must_exist)
+            return EX_OK; /* a new database, uploaded after the write */
+        msg("no database at %s or at %s", c->dir, c->s3);
+        return EX_ERR;
+    }
+    if (rc) {
+        msg("%s: downloading %s into %s first: %s", c->cmd, c->s3, c->dir, detail(err, rc));
+        return exit_for(rc);
+    }
+    fprintf(stderr, "%s holds no database: ", c->dir);
+    download_summary(c, &rep, now() - t0);
+    return EX_OK;
+}
+
+/* After a write with --s3: uploads what S3 lacks, filling *rep and *secs
+ * for upload_summary (callers that print a summary print it after their
+ * own). Without --s3 does nothing (rep->requests stays 0). */
+static int s3_upload_after(cli *c, s4kv_db *db, s4kv_s3_report *rep, double *secs)
+{
+    memset(rep, 0, sizeof *rep);
+    *secs = 0;
+    if (!c->s3)
+        return EX_OK;
+    char err[512] = "";
+    double t0 = now();
+    int rc = s4kv_upload(db, s3_options(c, 1), rep, err, sizeof err);
+    *secs = now() - t0;
+    progress_clear(c);
+    if (rc == S4KV_EEXIST) /* the message says what to do */
+        msg("%s: upload: %s", c->cmd, detail(err, rc));
+    else if (rc)
+        msg("%s: upload: %s (the %s is committed in %s; 's4kv upload' sends it)", c->cmd,
+            detail(err, rc), strcmp(c->cmd, "compact") == 0 ? "compaction" : "change",
+            c->dir);
+    return exit_for(rc);
+}
+
+/* Opens c->dir (with --s3 and read-only: see open_s3_db). writable:
+ * read-write (else read-only); create: create the database when missing;
+ * progress: report progress on a TTY. Returns an exit status; on EX_OK *db
+ * is open. */
 static int open_db(cli *c, int writable, int create, int progress, s4kv_db **db)
 {
+    if (c->s3 && !writable)
+        return open_s3_db(c, progress, db);
     struct stat st;
     if (!create && stat(c->dir, &st) != 0 && errno == ENOENT) {
         msg("no database at %s", c->dir);
@@ -311,7 +569,7 @@ static int close_db(cli *c, s4kv_db *db, int status)
 {
     int rc = s4kv_close(db);
     if (rc != 0 && status == EX_OK) {
-        msg("closing the database at %s: %s", c->dir, s4kv_strerror(rc));
+        msg("closing the database at %s: %s", c->label, s4kv_strerror(rc));
         return exit_for(rc);
     }
     return status;
@@ -400,7 +658,7 @@ static int cmd_put(cli *c)
         return EX_USAGE;
     }
     s4kv_db *db;
-    if ((st = open_db(c, 1, 1, 0, &db))) {
+    if ((st = s3_prepare_write(c, 0)) || (st = open_db(c, 1, 1, 0, &db))) {
         free(stdin_val);
         return st;
     }
@@ -411,6 +669,10 @@ static int cmd_put(cli *c)
         st = rc == S4KV_EINVAL ? EX_USAGE : exit_for(rc);
     }
     free(stdin_val);
+    s4kv_s3_report rep;
+    double secs;
+    if (st == EX_OK)
+        st = s3_upload_after(c, db, &rep, &secs);
     return close_db(c, db, st);
 }
 
@@ -464,7 +726,7 @@ static int cmd_delete(cli *c)
         }
     }
     s4kv_db *db;
-    if ((st = open_db(c, 1, 1, 0, &db))) {
+    if ((st = s3_prepare_write(c, 0)) || (st = open_db(c, 1, 1, 0, &db))) {
         s4kv_batch_free(b);
         return st;
     }
@@ -477,6 +739,10 @@ static int cmd_delete(cli *c)
         st = exit_for(rc);
     }
     s4kv_batch_free(b);
+    s4kv_s3_report rep;
+    double secs;
+    if (st == EX_OK)
+        st = s3_upload_after(c, db, &rep, &secs);
     return close_db(c, db, st);
 }
 
@@ -502,7 +768,7 @@ static int iterate_out(cli *c, out_kind kind, fmt_format f)
     s4kv_iter *it = NULL;
     int rc = s4kv_iter_new(db, prefix, strlen(prefix), flags, &it, err, sizeof err);
     if (rc) {
-        msg("%s: cannot iterate %s: %s", c->cmd, c->dir, detail(err, rc));
+        msg("%s: cannot iterate %s: %s", c->cmd, c->label, detail(err, rc));
         return close_db(c, db, exit_for(rc));
     }
     uint64_t damaged = 0;
@@ -517,7 +783,7 @@ static int iterate_out(cli *c, out_kind kind, fmt_format f)
             continue;
         }
         if (rc < 0) {
-            msg("%s: reading %s: %s", c->cmd, c->dir, detail(err, rc));
+            msg("%s: reading %s: %s", c->cmd, c->label, detail(err, rc));
             st = exit_for(rc);
             break;
         }
@@ -599,8 +865,8 @@ static void import_progress(cli *c, const fmt_reader *r, uint64_t committed)
 static int cmd_import(cli *c)
 {
     s4kv_db *db;
-    int st = open_db(c, 1, 1, 0, &db);
-    if (st)
+    int st = s3_prepare_write(c, 0);
+    if (st || (st = open_db(c, 1, 1, 0, &db)))
         return st;
     s4kv_batch *b = s4kv_batch_new();
     fmt_reader *r = fmt_reader_new(stdin, c->format);
@@ -675,13 +941,19 @@ static int cmd_import(cli *c)
     uint64_t in_bytes = fmt_reader_bytes(r);
     s4kv_batch_free(b);
     fmt_reader_free(r);
+    double t1 = now(), secs;
+    s4kv_s3_report rep;
+    if (st == EX_OK)
+        st = s3_upload_after(c, db, &rep, &secs);
     st = close_db(c, db, st);
     if (st == EX_OK) {
         char a[32];
         progress_clear(c);
         fprintf(stderr, "imported %llu record%s (%s) in %.2f s\n",
                 (unsigned long long)committed, committed == 1 ? "" : "s",
-                hsize(in_bytes, a), now() - t0);
+                hsize(in_bytes, a), t1 - t0);
+        if (c->s3)
+            upload_summary(c, &rep, secs);
     }
     return st;
 }
@@ -691,8 +963,8 @@ static int cmd_import(cli *c)
 static int cmd_compact(cli *c)
 {
     s4kv_db *db;
-    int st = open_db(c, 1, 0, 1, &db);
-    if (st)
+    int st = s3_prepare_write(c, 1);
+    if (st || (st = open_db(c, 1, 0, 1, &db)))
         return st;
     s4kv_stats before, after;
     s4kv_stats_get(db, &before);
@@ -705,7 +977,10 @@ static int cmd_compact(cli *c)
         return close_db(c, db, exit_for(rc));
     }
     s4kv_stats_get(db, &after);
-    st = close_db(c, db, EX_OK);
+    double t1 = now(), secs;
+    s4kv_s3_report rep;
+    st = s3_upload_after(c, db, &rep, &secs);
+    st = close_db(c, db, st);
     if (st == EX_OK) {
         char a[32], b[32], g[32];
         uint64_t freed = before.segment_bytes > after.segment_bytes
@@ -713,11 +988,13 @@ static int cmd_compact(cli *c)
         fprintf(stderr,
                 "compacted %s in %.2f s: %llu segment%s (%s) -> %llu segment%s (%s), "
                 "%s reclaimed, %llu keys\n",
-                c->dir, now() - t0, (unsigned long long)before.segments,
+                c->dir, t1 - t0, (unsigned long long)before.segments,
                 before.segments == 1 ? "" : "s", hsize(before.segment_bytes, a),
                 (unsigned long long)after.segments, after.segments == 1 ? "" : "s",
                 hsize(after.segment_bytes, b), hsize(freed, g),
                 (unsigned long long)after.keys);
+        if (c->s3)
+            upload_summary(c, &rep, secs);
     }
     return st;
 }
@@ -725,7 +1002,10 @@ static int cmd_compact(cli *c)
 static int cmd_rebuild(cli *c)
 {
     s4kv_db *db;
-    int st = open_db(c, 1, 0, 1, &db);
+    /* With --s3 and no database in DIR: S3's, read-only, rebuilt in memory
+     * (a check that the log replays; nothing is written anywhere). */
+    int in_memory = c->s3 && !local_db_exists(c);
+    int st = open_db(c, !in_memory, 0, 1, &db);
     if (st)
         return st;
     double t0 = now();
@@ -733,16 +1013,23 @@ static int cmd_rebuild(cli *c)
     int rc = s4kv_rebuild_index(db, err, sizeof err);
     progress_clear(c);
     if (rc) {
-        msg("rebuild-index %s: %s", c->dir, detail(err, rc));
+        msg("rebuild-index %s: %s", c->label, detail(err, rc));
         return close_db(c, db, exit_for(rc));
     }
     s4kv_stats s;
     s4kv_stats_get(db, &s);
-    st = close_db(c, db, EX_OK);
+    double t1 = now(), secs;
+    s4kv_s3_report rep;
+    st = in_memory ? EX_OK : s3_upload_after(c, db, &rep, &secs);
+    st = close_db(c, db, st);
     if (st == EX_OK) {
         char a[32];
-        fprintf(stderr, "rebuilt the index of %s in %.2f s: %llu keys, %s of index memory\n",
-                c->dir, now() - t0, (unsigned long long)s.keys, hsize(s.index_bytes, a));
+        fprintf(stderr, "rebuilt the index of %s %sin %.2f s: %llu keys, %s of index "
+                "memory%s\n", c->label, in_memory ? "in memory " : "", t1 - t0,
+                (unsigned long long)s.keys, hsize(s.index_bytes, a),
+                in_memory ? " (no database in DIR: nothing written)" : "");
+        if (c->s3 && !in_memory)
+            upload_summary(c, &rep, secs);
     }
     return st;
 }
@@ -760,7 +1047,7 @@ static int cmd_verify(cli *c)
     int rc = s4kv_verify(db, &rep, err, sizeof err);
     progress_clear(c);
     if (rc && rc != S4KV_ECORRUPT) {
-        msg("verify %s: %s", c->dir, detail(err, rc));
+        msg("verify %s: %s", c->label, detail(err, rc));
         return close_db(c, db, exit_for(rc));
     }
     printf("segments:         %llu\n"
@@ -777,14 +1064,14 @@ static int cmd_verify(cli *c)
            (unsigned long long)rep.keys, rc ? "PROBLEMS FOUND" : "ok");
     st = out_flush();
     if (rc == S4KV_ECORRUPT) {
-        msg("verify %s: %llu bad records, %llu index mismatches%s%s", c->dir,
+        msg("verify %s: %llu bad records, %llu index mismatches%s%s", c->label,
             (unsigned long long)rep.bad_records, (unsigned long long)rep.index_mismatches,
             err[0] ? ": " : "", err);
         st = EX_CORRUPT;
     } else if (st == EX_OK) {
         char a[32];
         fprintf(stderr, "verified %s in %.2f s: %llu records in %llu segment%s (%s), "
-                "no problems\n", c->dir, now() - t0, (unsigned long long)rep.records,
+                "no problems\n", c->label, now() - t0, (unsigned long long)rep.records,
                 (unsigned long long)rep.segments, rep.segments == 1 ? "" : "s",
                 hsize(rep.bytes, a));
     }
@@ -800,18 +1087,29 @@ static int cmd_stats(cli *c)
     s4kv_stats s;
     int rc = s4kv_stats_get(db, &s);
     if (rc) {
-        msg("stats %s: %s", c->dir, s4kv_strerror(rc));
+        msg("stats %s: %s", c->label, s4kv_strerror(rc));
         return close_db(c, db, exit_for(rc));
     }
+    /* With --s3: the requests this process sent (manifest, checkpoint). */
+    s4kv_s3_report r3;
+    memset(&r3, 0, sizeof r3);
+    if (c->s3)
+        s4kv_s3_stats(db, &r3);
     if (c->json) {
         printf("{\"keys\": %llu, \"live_bytes\": %llu, \"garbage_bytes\": %llu, "
                "\"segment_bytes\": %llu, \"segments\": %llu, \"index_bytes\": %llu, "
-               "\"next_seq\": %llu, \"generation\": %llu, \"active_segment\": %lu}\n",
+               "\"next_seq\": %llu, \"generation\": %llu, \"active_segment\": %lu",
                (unsigned long long)s.keys, (unsigned long long)s.live_bytes,
                (unsigned long long)s.garbage_bytes, (unsigned long long)s.segment_bytes,
                (unsigned long long)s.segments, (unsigned long long)s.index_bytes,
                (unsigned long long)s.next_seq, (unsigned long long)s.generation,
                (unsigned long)s.active_segment);
+        if (c->s3)
+            printf(", \"s3_remote_only\": %s, \"s3_requests\": %llu, \"s3_retries\": %llu, "
+                   "\"s3_connections\": %llu", c->label == c->s3 ? "true" : "false",
+                   (unsigned long long)r3.requests, (unsigned long long)r3.retries,
+                   (unsigned long long)r3.connections);
+        fputs("}\n", stdout);
     } else {
         char a[32], b[32], g[32], d[32];
         double gr = s.segment_bytes ? 100.0 * (double)s.garbage_bytes / (double)s.segment_bytes : 0;
@@ -825,7 +1123,8 @@ static int cmd_stats(cli *c)
                "index memory:   %llu (%s, %.1f bytes per key)\n"
                "next sequence:  %llu\n"
                "generation:     %llu\n",
-               c->dir, (unsigned long long)s.keys,
+               c->label == c->s3 ? "(none: read from S3 alone)" : c->dir,
+               (unsigned long long)s.keys,
                (unsigned long long)s.live_bytes, hsize(s.live_bytes, a),
                (unsigned long long)s.garbage_bytes, hsize(s.garbage_bytes, b), gr,
                (unsigned long long)s.segment_bytes, hsize(s.segment_bytes, g),
@@ -833,8 +1132,66 @@ static int cmd_stats(cli *c)
                (unsigned long long)s.index_bytes, hsize(s.index_bytes, d),
                s.keys ? (double)s.index_bytes / (double)s.keys : 0.0,
                (unsigned long long)s.next_seq, (unsigned long long)s.generation);
+        if (c->s3)
+            printf("s3:             %s\n"
+                   "s3 requests:    %llu (%llu retr%s, %llu connection%s)\n",
+                   c->s3, (unsigned long long)r3.requests, (unsigned long long)r3.retries,
+                   r3.retries == 1 ? "y" : "ies", (unsigned long long)r3.connections,
+                   plural(r3.connections));
     }
     return close_db(c, db, out_flush());
+}
+
+/* ---- upload, download ---------------------------------------------------- */
+
+/* upload and download need an S3 URL; EX_OK or EX_USAGE. */
+static int need_s3(const cli *c)
+{
+    if (c->s3)
+        return EX_OK;
+    msg("%s: no S3 location: give --s3 s3://BUCKET/PREFIX/ or set S4KV_S3", c->cmd);
+    return EX_USAGE;
+}
+
+static int cmd_upload(cli *c)
+{
+    int st = need_s3(c);
+    s4kv_db *db;
+    if (st || (st = open_db(c, 1, 0, 0, &db)))
+        return st;
+    s4kv_s3_report rep;
+    memset(&rep, 0, sizeof rep);
+    char err[512] = "";
+    double t0 = now();
+    int rc = s4kv_upload(db, s3_options(c, 1), &rep, err, sizeof err);
+    double secs = now() - t0;
+    progress_clear(c);
+    if (rc)
+        msg("upload %s to %s: %s", c->dir, c->s3, detail(err, rc));
+    st = close_db(c, db, exit_for(rc));
+    if (st == EX_OK)
+        upload_summary(c, &rep, secs);
+    return st;
+}
+
+static int cmd_download(cli *c)
+{
+    int st = need_s3(c);
+    if (st)
+        return st;
+    s4kv_s3_report rep;
+    memset(&rep, 0, sizeof rep);
+    char err[512] = "";
+    double t0 = now();
+    int rc = s4kv_download(c->dir, s3_options(c, 1), &rep, err, sizeof err);
+    progress_clear(c);
+    if (rc == S4KV_ENOENT && strstr(err, "no database at"))
+        msg("%s", err);
+    else if (rc)
+        msg("download %s into %s: %s", c->s3, c->dir, detail(err, rc));
+    else
+        download_summary(c, &rep, now() - t0);
+    return exit_for(rc);
 }
 
 /* ---- command table and argument parsing --------------------------------- */
@@ -843,13 +1200,15 @@ static const command COMMANDS[] = {
     { "put", cmd_put, 0, 2, 2, "put KEY VALUE",
       "Stores VALUE under KEY (one atomic write). VALUE '-' reads the value\n"
       "from stdin, binary safe, up to 256 MiB (so a literal value '-' must come\n"
-      "through stdin). Creates the database when DIR is missing.\n", 0 },
+      "through stdin). Creates the database when DIR is missing. With --s3,\n"
+      "uploads after the write (see 's4kv --help').\n", 0 },
     { "get", cmd_get, 0, 1, 1, "get KEY",
       "Writes KEY's value to stdout, raw, with nothing added. An absent key\n"
-      "exits 1 with a message on stderr.\n", 0 },
+      "exits 1 with a message on stderr. With --s3 and no database in DIR, the\n"
+      "value comes from S3 with one ranged GET, checked by its checksum.\n", 0 },
     { "delete", cmd_delete, 0, 1, -1, "delete KEY...",
       "Deletes the keys in one atomic batch. Absent keys are not an error\n"
-      "(exit 0), as with s4kv_delete.\n", 0 },
+      "(exit 0), as with s4kv_delete. With --s3, uploads after the write.\n", 0 },
     { "keys", cmd_keys, OPT_PREFIX | OPT_NUL0, 0, 0, "keys [--prefix P] [-0]",
       "Lists the live keys in key order, one per line with the tsv escaping\n"
       "(\\\\ \\t \\n \\r \\0), or raw and NUL-terminated with -0 (a key holding a\n"
@@ -870,7 +1229,8 @@ static const command COMMANDS[] = {
       "import with an error naming its line (record for nul); the batches\n"
       "committed before it stay committed, and the message says how many\n"
       "records that is. Shows progress on a terminal and a summary on stderr.\n"
-      "Creates the database when DIR is missing.\n\nOptions:\n"
+      "Creates the database when DIR is missing. With --s3, uploads once at\n"
+      "the end, and only when the whole input was imported.\n\nOptions:\n"
       "  --format F     jsonl (default), tsv or nul\n"
       "  --batch N      records per batch, default 1000\n", 1 },
     { "export", cmd_export, OPT_FORMAT | OPT_PREFIX, 0, 0,
@@ -882,10 +1242,15 @@ static const command COMMANDS[] = {
     { "compact", cmd_compact, 0, 0, 0, "compact",
       "Rewrites the live records into new segments and drops stale values and\n"
       "tombstones; writers wait meanwhile. Shows progress on a terminal and a\n"
-      "summary (segments and bytes before and after) on stderr.\n", 0 },
+      "summary (segments and bytes before and after) on stderr. With --s3,\n"
+      "uploads the result; the objects it dropped stay in S3 for readers of\n"
+      "the previous generation until --retention allows deleting them.\n", 0 },
     { "rebuild-index", cmd_rebuild, 0, 0, 0, "rebuild-index",
       "Discards the index, rebuilds it by replaying every segment and writes a\n"
-      "fresh checkpoint. Shows progress on a terminal and a summary on stderr.\n", 0 },
+      "fresh checkpoint. Shows progress on a terminal and a summary on stderr.\n"
+      "With --s3, uploads after; with --s3 and no database in DIR, rebuilds the\n"
+      "S3 database's index in memory (a check that its log replays) and writes\n"
+      "nothing.\n", 0 },
     { "verify", cmd_verify, 0, 0, 0, "verify",
       "Reads every segment, checks every batch and record checksum, and compares\n"
       "a replay of the log with the index. Prints a report on stdout (one\n"
@@ -896,8 +1261,28 @@ static const command COMMANDS[] = {
       "Prints the database counters, one 'name: value' line each, or with\n"
       "--json one JSON object on one line holding every field of s4kv_stats:\n"
       "keys, live_bytes, garbage_bytes, segment_bytes, segments, index_bytes,\n"
-      "next_seq, generation, active_segment (sizes in bytes).\n\nOptions:\n"
+      "next_seq, generation, active_segment (sizes in bytes). With --s3 also\n"
+      "s3_remote_only (true when DIR holds no database and S3 alone was read),\n"
+      "s3_requests, s3_retries and s3_connections (what this command sent).\n\nOptions:\n"
       "  --json         one JSON object\n", 0 },
+    { "upload", cmd_upload, 0, 0, 0, "--s3 URL upload",
+      "Sends DIR's database to S3, only what S3 lacks: new segments and the\n"
+      "grown part of the active one, then the index checkpoint, then a MANIFEST\n"
+      "of a new generation (the commit point: a reader that finds a MANIFEST\n"
+      "finds everything it names). Nothing new: no new generation ('nothing to\n"
+      "upload'). Then deletes objects dropped earlier whose retention passed\n"
+      "(--retention). Refuses a prefix holding a different database (exit 3).\n"
+      "Needs --s3 (or $S4KV_S3) and a database in DIR; takes the writer lock.\n"
+      "Shows progress on a terminal and a summary on stderr: objects and bytes\n"
+      "uploaded, skipped, deleted, requests, retries, generation, time, MB/s.\n", 0 },
+    { "download", cmd_download, 0, 0, 0, "--s3 URL download",
+      "Fetches everything the newest MANIFEST under the prefix names into DIR\n"
+      "(created when missing), in parallel, checks every segment and the\n"
+      "checkpoint by their checksums, and writes DIR/MANIFEST last. Resumable:\n"
+      "files already in DIR with the right length and checksums are not fetched\n"
+      "again. DIR then holds the S3 database as of that MANIFEST: writes made\n"
+      "in DIR and not uploaded are replaced. Needs --s3 (or $S4KV_S3). Shows\n"
+      "progress on a terminal and a summary on stderr.\n", 0 },
 };
 
 #define NCOMMANDS (sizeof COMMANDS / sizeof COMMANDS[0])
@@ -956,6 +1341,73 @@ static int parse_batch(const char *s, unsigned long *out)
     return 0;
 }
 
+/* --retention: N[s|m|h|d|w], a plain N in seconds. */
+static int parse_duration(const char *s, int64_t *out)
+{
+    static const struct { char unit; int64_t secs; } units[] = {
+        { 's', 1 }, { 'm', 60 }, { 'h', 3600 }, { 'd', 86400 }, { 'w', 604800 },
+    };
+    char *end;
+    errno = 0;
+    if (*s < '0' || *s > '9')
+        return -1;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno)
+        return -1;
+    int64_t mul = *end ? 0 : 1;
+    for (size_t i = 0; i < sizeof units / sizeof units[0] && *end; i++)
+        if (end[0] == units[i].unit && end[1] == 0)
+            mul = units[i].secs;
+    if (mul == 0 || v > (unsigned long long)(INT64_MAX / mul))
+        return -1;
+    *out = (int64_t)v * mul;
+    return 0;
+}
+
+/* The S3 options, accepted before and after the command (as -d). Returns 1
+ * when argv[*i] was one (consumed, with its value), 0 when it is not, -1 on
+ * a usage error (message printed). where: the command, or NULL. */
+static int s3_option(cli *c, int argc, char **argv, int *i, const char *where)
+{
+    const char *v, *w = where ? where : "", *sep = where ? ": " : "";
+    int r;
+    if (strcmp(argv[*i], "--no-verify-tls") == 0) {
+        c->insecure_tls = 1;
+        return 1;
+    }
+    if ((r = opt_value(argc, argv, i, NULL, "--s3", &v, where))) {
+        if (r > 0 && !*v) {
+            msg("%s%s--s3: the S3 URL is an empty string (s3://BUCKET/PREFIX/)", w, sep);
+            return -1;
+        }
+        c->s3 = v;
+    } else if ((r = opt_value(argc, argv, i, NULL, "--endpoint", &v, where))) {
+        c->endpoint = v;
+    } else if ((r = opt_value(argc, argv, i, NULL, "--profile", &v, where))) {
+        if (r > 0 && !*v) {
+            msg("%s%s--profile: the profile name is an empty string", w, sep);
+            return -1;
+        }
+        c->profile = v;
+    } else if ((r = opt_value(argc, argv, i, NULL, "--retention", &v, where))) {
+        if (r > 0 && parse_duration(v, &c->retention_s) != 0) {
+            msg("%s%s--retention wants a duration such as 30s, 10m, 1h or 2d "
+                "(a plain number is seconds), not '%s'", w, sep, v);
+            return -1;
+        }
+    } else if ((r = opt_value(argc, argv, i, NULL, "--parallel", &v, where))) {
+        unsigned long n;
+        if (r > 0 && (parse_batch(v, &n) != 0 || n > PARALLEL_MAX)) {
+            msg("%s%s--parallel wants a number from 1 to %d, not '%s'", w, sep,
+                PARALLEL_MAX, v);
+            return -1;
+        }
+        if (r > 0)
+            c->parallel = (int)n;
+    }
+    return r;
+}
+
 /* Parses the command's arguments. Returns -1 to go on, or an exit status
  * (help printed, or a usage error). */
 static int parse_command_args(cli *c, const command *cmd, int argc, char **argv)
@@ -980,6 +1432,9 @@ static int parse_command_args(cli *c, const command *cmd, int argc, char **argv)
             if (r < 0)
                 return EX_USAGE;
             c->dir = v;
+        } else if ((r = s3_option(c, argc, argv, &i, cmd->name))) {
+            if (r < 0)
+                return EX_USAGE;
         } else if ((cmd->opts & OPT_PREFIX) &&
                    (r = opt_value(argc, argv, &i, NULL, "--prefix", &v, cmd->name))) {
             if (r < 0)
@@ -1039,13 +1494,16 @@ static int run(int argc, char **argv, cli *c)
             return fflush(stdout) == 0 ? EX_OK : EX_ERR;
         }
         int r = opt_value(argc, argv, &i, "-d", "--dir", &v, NULL);
+        if (r > 0)
+            c->dir = v;
+        else if (r == 0)
+            r = s3_option(c, argc, argv, &i, NULL);
         if (r < 0)
             return EX_USAGE;
         if (r == 0) {
             msg("unknown option '%s' (see 's4kv --help')", a);
             return EX_USAGE;
         }
-        c->dir = v;
     }
     if (i >= argc) {
         msg("no command given (see 's4kv --help')");
@@ -1064,6 +1522,7 @@ static int run(int argc, char **argv, cli *c)
         msg("%s: the database directory is an empty string", cmd->name);
         return EX_USAGE;
     }
+    c->label = c->dir;
     return cmd->run(c);
 }
 
@@ -1075,6 +1534,9 @@ int main(int argc, char **argv)
     memset(&c, 0, sizeof c);
     const char *env = getenv("S4KV_DIR");
     c.dir = env && *env ? env : "./s4kv-data";
+    env = getenv("S4KV_S3");
+    c.s3 = env && *env ? env : NULL;
+    c.retention_s = -1;
     c.format = FMT_JSONL;
     c.batch = IMPORT_BATCH_DEFAULT;
     c.tty = isatty(STDERR_FILENO);
