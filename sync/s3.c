@@ -263,11 +263,13 @@ struct s3_req {
     char etag[128];
     char content_range[96];
     char bucket_region[64];
+    char last_modified[64];
     int64_t content_length;
     /* post-check of a 2xx answer: 0, or an S4KV_E* code after req_fail;
      * may set chk_retry */
     int (*check)(s3_req *r);
     int chk_retry;
+    void *chk_ctx;
     /* attempt state */
     CURL *h;
     struct curl_slist *hdrs;
@@ -481,13 +483,14 @@ static size_t hdr_cb(char *line, size_t size, size_t nmemb, void *ud)
     s3_req *r = ud;
     size_t n = size * nmemb;
     if (n >= 5 && !strncmp(line, "HTTP/", 5)) { /* a new response (after 100 Continue) */
-        r->etag[0] = r->content_range[0] = r->bucket_region[0] = 0;
+        r->etag[0] = r->content_range[0] = r->bucket_region[0] = r->last_modified[0] = 0;
         r->content_length = -1;
         return n;
     }
     hdr_value(line, n, "ETag", r->etag, sizeof r->etag);
     hdr_value(line, n, "Content-Range", r->content_range, sizeof r->content_range);
     hdr_value(line, n, "x-amz-bucket-region", r->bucket_region, sizeof r->bucket_region);
+    hdr_value(line, n, "Last-Modified", r->last_modified, sizeof r->last_modified);
     char cl[32] = "";
     hdr_value(line, n, "Content-Length", cl, sizeof cl);
     if (cl[0])
@@ -507,6 +510,7 @@ static int req_setup(s3_req *r, CURL *h)
     r->ebody_len = 0;
     r->overflow = r->oom = r->local_errno = r->short_file = r->chk_retry = 0;
     r->etag[0] = r->content_range[0] = r->bucket_region[0] = r->curl_err[0] = 0;
+    r->last_modified[0] = 0;
     r->content_length = -1;
     r->body_pos = 0;
     r->rc = 0;
@@ -1113,7 +1117,9 @@ int s3_get_range(s3_client *cl, const char *key, uint64_t off, void *buf, size_t
     return req_result(&r, err, errlen);
 }
 
-int s3_head(s3_client *cl, const char *key, uint64_t *size, char *err, size_t errlen)
+/* HEAD with the ETag (quotes kept) and Last-Modified (Unix seconds, or -1). */
+static int head_info(s3_client *cl, const char *key, uint64_t *size, char *etag, size_t etaglen,
+                     int64_t *mtime, char *err, size_t errlen)
 {
     s3_req r;
     if (req_init(&r, cl, "HEAD", "HEAD", key, NULL)) {
@@ -1125,8 +1131,21 @@ int s3_head(s3_client *cl, const char *key, uint64_t *size, char *err, size_t er
             req_fail(&r, S4KV_EREMOTE, "HTTP %ld without Content-Length", r.status);
         else if (size)
             *size = (uint64_t)r.content_length;
+        if (etag && etaglen)
+            snprintf(etag, etaglen, "%s", r.etag);
+        if (mtime) {
+            struct tm tm;
+            memset(&tm, 0, sizeof tm);
+            const char *e = strptime(r.last_modified, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+            *mtime = e ? (int64_t)timegm(&tm) : -1;
+        }
     }
     return req_result(&r, err, errlen);
+}
+
+int s3_head(s3_client *cl, const char *key, uint64_t *size, char *err, size_t errlen)
+{
+    return head_info(cl, key, size, NULL, 0, NULL, err, errlen);
 }
 
 int s3_delete(s3_client *cl, const char *key, char *err, size_t errlen)
@@ -1149,6 +1168,7 @@ static int delete_check(s3_req *r)
                                        sizeof code, msg, sizeof msg, perr, sizeof perr);
     if (rc) {
         req_fail(r, rc, "HTTP %ld: %s", r->status, perr);
+        r->chk_retry = rc == S4KV_ECORRUPT; /* a garbled answer may be transient */
         return r->rc;
     }
     if (nerr) {
@@ -1231,6 +1251,35 @@ static int q_add(char *q, size_t qlen, const char *name, const char *value)
     return n < 0 || (size_t)n >= qlen - l ? -1 : 0;
 }
 
+typedef struct list_page {
+    s3_object **objs;
+    size_t *n, *cap;
+    int truncated;
+    char *next;
+} list_page;
+
+/* Parses the page as part of the attempt, so a garbled 2xx answer is
+ * retried like a transport error. */
+static int list_check(s3_req *r)
+{
+    list_page *pg = r->chk_ctx;
+    char perr[200];
+    free(pg->next);
+    pg->next = NULL;
+    int rc = s3xml_parse_list(r->mem, r->mem_len, pg->objs, pg->n, pg->cap, &pg->truncated,
+                              &pg->next, perr, sizeof perr);
+    if (rc) {
+        req_fail(r, rc, "%s", perr);
+        r->chk_retry = rc == S4KV_ECORRUPT;
+        return r->rc;
+    }
+    if (pg->truncated && (!pg->next || !*pg->next)) {
+        req_fail(r, S4KV_ECORRUPT, "IsTruncated without NextContinuationToken");
+        return r->rc;
+    }
+    return 0;
+}
+
 int s3_list(s3_client *cl, const char *prefix, s3_object **objs, size_t *n, char *err,
             size_t errlen)
 {
@@ -1264,30 +1313,15 @@ int s3_list(s3_client *cl, const char *prefix, s3_object **objs, size_t *n, char
             seterr(err, errlen, "out of memory");
             break;
         }
+        list_page pg = {objs, n, &cap, 0, NULL};
         r.sink = SINK_MEM;
-        if ((rc = req_run(&r))) {
-            req_result(&r, err, errlen);
-            break;
-        }
-        int truncated = 0;
-        char *next = NULL, perr[200];
-        rc = s3xml_parse_list(r.mem, r.mem_len, objs, n, &cap, &truncated, &next, perr,
-                              sizeof perr);
-        if (rc) {
-            req_fail(&r, rc, "%s", perr);
-            req_result(&r, err, errlen);
-            break;
-        }
-        if (truncated && (!next || !*next)) {
-            free(next);
-            req_fail(&r, S4KV_ECORRUPT, "IsTruncated without NextContinuationToken");
-            rc = req_result(&r, err, errlen);
-            break;
-        }
-        req_clear(&r);
+        r.check = list_check;
+        r.chk_ctx = &pg;
+        rc = req_run(&r);
+        req_result(&r, err, errlen);
         free(token);
-        token = next;
-        if (!truncated)
+        token = pg.next;
+        if (rc || !pg.truncated)
             break;
     }
     free(token);
@@ -1324,6 +1358,7 @@ typedef struct xjob {
     uint32_t nparts, next_part, parts_ok, inflight;
     char **etags;
     char *complete_body;
+    int64_t created; /* wall clock (Unix seconds) before CreateMultipartUpload */
 } xjob;
 
 typedef struct runner {
@@ -1484,6 +1519,75 @@ static int get_file_check(s3_req *r)
     return 0;
 }
 
+/* S3's ETag of a completed multipart upload: MD5 of the parts' binary MD5s,
+ * "-", the part count. 0, or -1 when a part ETag is not a plain MD5. */
+static int multipart_etag(char *const *etags, uint32_t n, char *out, size_t outlen)
+{
+    unsigned char *bin = malloc((size_t)n * 16 + 1);
+    if (!bin)
+        return -1;
+    for (uint32_t i = 0; i < n; i++) {
+        const char *e = etags[i];
+        if (*e == '"')
+            e++;
+        for (int k = 0; k < 16; k++) {
+            unsigned v;
+            if (sscanf(e + 2 * k, "%2x", &v) != 1) {
+                free(bin);
+                return -1;
+            }
+            bin[i * 16 + (uint32_t)k] = (unsigned char)v;
+        }
+    }
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    int ok = EVP_Digest(bin, (size_t)n * 16, md, &mdlen, EVP_md5(), NULL) && mdlen == 16;
+    free(bin);
+    if (!ok)
+        return -1;
+    size_t o = (size_t)snprintf(out, outlen, "\"");
+    for (int i = 0; i < 16 && o < outlen; i++)
+        o += (size_t)snprintf(out + o, outlen - o, "%02x", md[i]);
+    if (o < outlen)
+        snprintf(out + o, outlen - o, "-%u\"", n);
+    return 0;
+}
+
+/* A CompleteMultipartUpload that was retried and failed may have succeeded
+ * on an earlier attempt whose answer was lost (real S3 then says
+ * NoSuchUpload; s3rver says InternalError). The object counts as ours when
+ * it has our size and either the multipart ETag of our parts or a
+ * Last-Modified no older than our CreateMultipartUpload (less 15 minutes of
+ * clock skew). Segment keys never get different bytes of the same length,
+ * so this cannot mistake an old object for the new one in s4kv. */
+static int completed_anyway(runner *R, xjob *j)
+{
+    uint64_t sz = 0;
+    int64_t mt = -1;
+    char etag[128] = "", want[128] = "", herr[300];
+    if (head_info(R->cl, j->x->key, &sz, etag, sizeof etag, &mt, herr, sizeof herr) ||
+        sz != j->x->len)
+        return 0;
+    if (!multipart_etag(j->etags, j->nparts, want, sizeof want) && !strcmp(etag, want))
+        return 1;
+    return mt >= 0 && mt >= j->created - 900;
+}
+
+static int create_check(s3_req *r)
+{
+    xjob *j = r->job;
+    char perr[200];
+    free(j->upload_id);
+    j->upload_id = NULL;
+    int rc = s3xml_parse_upload_id(r->mem, r->mem_len, &j->upload_id, perr, sizeof perr);
+    if (rc) {
+        req_fail(r, rc, "HTTP %ld: %s", r->status, perr);
+        r->chk_retry = rc == S4KV_ECORRUPT;
+        return r->rc;
+    }
+    return 0;
+}
+
 static s3_req *part_req(runner *R, xjob *j)
 {
     uint32_t pn = ++j->next_part;
@@ -1572,7 +1676,9 @@ static void job_open(runner *R, xjob *j)
                 job_finish(R, j);
                 return;
             }
+            j->created = (int64_t)time(NULL);
             r->sink = SINK_MEM;
+            r->check = create_check;
             r->content_type = "application/octet-stream";
         } else {
             if (!(r = new_req(R, j, K_PUT, "PUT", "PUT"))) {
@@ -1695,12 +1801,6 @@ static void req_done(runner *R, s3_req *r)
         job_finish(R, j);
         break;
     case K_CREATE:
-        if (!r->rc) {
-            char perr[200];
-            int rc = s3xml_parse_upload_id(r->mem, r->mem_len, &j->upload_id, perr, sizeof perr);
-            if (rc)
-                req_fail(r, rc, "%s", perr);
-        }
         if (r->rc) {
             job_fail(j, r->rc, r->err);
             job_finish(R, j);
@@ -1741,6 +1841,8 @@ static void req_done(runner *R, s3_req *r)
         }
         break;
     case K_COMPLETE:
+        if (r->rc && r->attempt > 1 && r->rc != S4KV_ENOMEM && completed_anyway(R, j))
+            r->rc = 0;
         if (r->rc) {
             job_fail(j, r->rc, r->err);
             abort_mpu(R, j);

@@ -705,6 +705,58 @@ Test(s3, faults_are_retried_and_data_stays_identical)
     tu_s3_stop(&s);
 }
 
+Test(s3, multipart_survives_faults_and_a_lost_completion_answer)
+{
+    tu_s3 s;
+    tu_s3_start(&s, "bucket");
+    /* every CompleteMultipartUpload answer is cut: S3 (here s3rver) has
+     * completed the upload, the retry meets NoSuchUpload */
+    tu_proxy px;
+    tu_proxy_start(&px, s.port, "rate=1,kinds=truncate,methods=POST,match=uploadId=,max=1");
+    setenv("S4KV_S3_RETRY_BASE_MS", "5", 1);
+    s3_config c;
+    char err[512];
+    cr_assert_eq(s3_config_from_env(&c, NULL, px.endpoint, err, sizeof err), 0, "%s", err);
+    c.multipart_threshold = 5u << 20;
+    c.part_size = 5u << 20;
+    s3_client *cl = s3_client_new(&c, "bucket", err, sizeof err);
+    cr_assert_not_null(cl, "%s", err);
+    size_t n = (12u << 20) + 1;
+    uint8_t *v = malloc(n);
+    fill(v, n, 3);
+    cr_assert_eq(s3_put(cl, "mp/lost", v, n, err, sizeof err), 0, "%s", err);
+    s3_stats st;
+    s3_client_stats(cl, &st);
+    cr_expect_geq(st.retries, 1, "the completion was retried");
+    uint8_t *back;
+    size_t blen;
+    cr_assert_eq(s3_get(cl, "mp/lost", &back, &blen, err, sizeof err), 0, "%s", err);
+    cr_expect(blen == n && memcmp(back, v, n) == 0);
+    free(back);
+    s3_client_free(cl);
+    tu_proxy_stop(&px);
+
+    /* faults on a third of all requests, parts included */
+    tu_proxy_start(&px, s.port, "rate=0.33,kinds=500+503+reset+truncate,seed=5");
+    free(c.endpoint);
+    c.endpoint = strdup(px.endpoint);
+    c.max_attempts = 10;
+    cl = s3_client_new(&c, "bucket", err, sizeof err);
+    cr_assert_not_null(cl, "%s", err);
+    cr_assert_eq(s3_put(cl, "mp/faulty", v, n, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(s3_get(cl, "mp/faulty", &back, &blen, err, sizeof err), 0, "%s", err);
+    cr_expect(blen == n && memcmp(back, v, n) == 0);
+    free(back);
+    s3_client_stats(cl, &st);
+    cr_log_info("multipart through faults: %llu requests, %llu retries",
+                (unsigned long long)st.requests, (unsigned long long)st.retries);
+    free(v);
+    s3_client_free(cl);
+    s3_config_free(&c);
+    tu_proxy_stop(&px);
+    tu_s3_stop(&s);
+}
+
 /* ---- XML, no server */
 
 Test(s3, xml_escape_and_delete_body)
