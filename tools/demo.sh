@@ -1,7 +1,21 @@
 #!/usr/bin/env bash
 # demo.sh - the `make demo` driver: runs s4kv-demo (Debian's package index
-# into s4kv, read back byte for byte, delete, compact, verify), then shows the
-# s4kv command line on the database it left. Any failing step fails the demo.
+# into s4kv, read back byte for byte, delete, compact, verify; uploaded to S3,
+# read remote-only by a fresh process, uploaded again after the compaction,
+# downloaded into a fresh directory and verified), then shows the s4kv command
+# line on the database it left. Any failing step fails the demo.
+#
+# S3: with AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID or
+# AWS_PROFILE set, the demo runs against that S3 (credentials, region and
+# endpoint as the AWS CLI reads them); otherwise it starts s3rver, the
+# emulator pinned in tests/package.json (`make test-deps`), on a free
+# loopback port with a temporary directory (tools/s3rver.sh) and stops it at
+# the end. The database goes to $S4KV_DEMO_S3, default
+# s3://s4kv-demo/debian-<UTC timestamp>/ (the bucket must exist on a real
+# endpoint; the demo leaves its objects there).
+#
+# S4KV_DEMO_INPUT=FILE uses FILE instead of `apt-cache dumpavail` (a quick
+# run on a slice of it, e.g. under the sanitizers).
 #
 # usage: S4KV_BIN=path/to/s4kv tools/demo.sh BUILDDIR
 set -Eeuo pipefail
@@ -20,16 +34,37 @@ for b in "$demo_bin" "$s4kv"; do
     [ -x "$b" ] || { echo "demo.sh: $b is missing; run make first" >&2; exit 1; }
 done
 
-dir=$(mktemp -d "${TMPDIR:-/tmp}/s4kv-demo.XXXXXX")
-trap 'rm -rf -- "$dir"' EXIT
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=tools/s3rver.sh
+. "$here/s3rver.sh"
+
+# work/db: the database; work/download: where it is downloaded to.
+work=$(mktemp -d "${TMPDIR:-/tmp}/s4kv-demo.XXXXXX")
+dir=$work/db
+cleanup() { rm -rf -- "$work"; s3rver_stop; }
+trap cleanup EXIT
+
+url=${S4KV_DEMO_S3:-s3://s4kv-demo/debian-$(date -u +%Y%m%dT%H%M%SZ)-$$/}
+if [ -n "${AWS_ENDPOINT_URL_S3:-}${AWS_ENDPOINT_URL:-}${AWS_ACCESS_KEY_ID:-}${AWS_PROFILE:-}" ]; then
+    echo "S3: the configured endpoint (${AWS_ENDPOINT_URL_S3:-${AWS_ENDPOINT_URL:-AWS}}), $url"
+else
+    bucket=${url#s3://}
+    bucket=${bucket%%/*}
+    t0=$(date +%s%N)
+    s3rver_start "$bucket"
+    printf 'S3: no endpoint configured; s3rver (tests/node_modules) on %s, bucket %s, started in %d ms\n' \
+        "$AWS_ENDPOINT_URL_S3" "$bucket" $((($(date +%s%N) - t0) / 1000000))
+fi
 
 step() { printf '\n== %s\n' "$*"; }
 # Echoes a command line, so the output reads as a session.
 show() { printf '$ s4kv -d %s %s\n' "$dir" "$*"; }
 cli() { show "$@"; "$s4kv" -d "$dir" "$@"; }
 
-step "s4kv-demo: load, read back, delete, compact, verify"
-"$demo_bin" --dir "$dir" --keep
+step "s4kv-demo: load, read back, upload, remote reads, delete, compact, upload, download, verify"
+input_args=()
+[ -z "${S4KV_DEMO_INPUT:-}" ] || input_args=(--input "$S4KV_DEMO_INPUT")
+"$demo_bin" --dir "$dir" --keep --s3 "$url" --download-dir "$work/download" "${input_args[@]}"
 
 step "the same database through the s4kv command line"
 cli stats
@@ -53,4 +88,4 @@ listing=$("$s4kv" -d "$dir" keys --prefix libc6)
 head -n 10 <<<"$listing"
 printf '(%d keys start with libc6)\n' "$(grep -c . <<<"$listing")"
 
-step "demo passed; removing $dir"
+step "demo passed; removing $work"
