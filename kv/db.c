@@ -1236,7 +1236,7 @@ static int fetch_manifest(s4kv_db *db, manifest *m, char *err, size_t errlen)
     char e2[512] = "";
     int rc = db->opt.remote->fetch(db->opt.remote->ctx, "MANIFEST", &buf, &len, e2, sizeof e2);
     if (rc == S4KV_ENOENT)
-        return seterr(err, errlen, S4KV_ENOENT, "no database: %s", e2);
+        return seterr(err, errlen, S4KV_ENOENT, "%s", e2);
     if (rc)
         return seterr(err, errlen, rc, "%s", e2);
     rc = manifest_parse((const char *)buf, len, "remote MANIFEST", m, err, errlen);
@@ -1350,7 +1350,9 @@ int s4kv__open_vfs(const char *dir, const s4kv_options *opt, vfs *v, keydir_hash
         if (rc == S4KV_ENOENT && remote_ok)
             rc = fetch_manifest(db, &m, err, errlen);
         if (rc == S4KV_ENOENT) {
-            if (db->read_only || !opt->create_if_missing)
+            if (remote_ok)
+                ; /* fetch_manifest's message names the remote location */
+            else if (db->read_only || !opt->create_if_missing)
                 rc = seterr(err, errlen, S4KV_ENOENT, "no database at %s (no MANIFEST)", dir);
             else if (has_segments(dir))
                 rc = seterr(err, errlen, S4KV_ECORRUPT,

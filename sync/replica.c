@@ -25,8 +25,12 @@
 #include <unistd.h>
 
 /* Log bytes not covered by a checkpoint that upload tolerates before it
- * writes a fresh one (a remote reader replays at most this much). */
-#define UPLOAD_CKPT_AFTER (4u << 20)
+ * writes a fresh one. 0: every upload that carries new log also carries a
+ * checkpoint covering all of it, so a remote reader replays nothing (the
+ * checkpoint costs about as much as re-sending the active segment, which
+ * upload does anyway), and a close right after an upload has nothing to
+ * checkpoint. */
+#define UPLOAD_CKPT_AFTER 0
 
 void s4kv_s3_options_init(s4kv_s3_options *o)
 {
@@ -233,6 +237,29 @@ static int same_content(const manifest *a, const manifest *b)
     return 1;
 }
 
+/* One writer per prefix: an older copy of this database must not overwrite a
+ * newer remote generation written from another copy. The remote is ahead when
+ * it names a segment number this copy never allocated, or a segment longer
+ * than this copy's. */
+static int remote_not_ahead(const manifest *rm, const db_snap *snap, const remote *r, char *err,
+                            size_t errlen)
+{
+    for (size_t i = 0; i < rm->nseg; i++) {
+        uint64_t local = 0;
+        int known = rm->segno[i] < snap->next_segment;
+        for (size_t j = 0; j < snap->nsegs; j++)
+            if (snap->segs[j].no == rm->segno[i])
+                local = snap->segs[j].len;
+        if (!known || (local && rm->sealed_len[i] > local))
+            return seterr(err, errlen, S4KV_EEXIST,
+                          "s3://%s/%s is ahead of this copy (data_%06u.s4kv: %" PRIu64
+                          " bytes there, %" PRIu64 " here): another copy wrote to it; download "
+                          "it, or upload to another prefix", r->bucket, r->prefix, rm->segno[i],
+                          rm->sealed_len[i], local);
+    }
+    return 0;
+}
+
 int s4kv_upload(s4kv_db *db, const s4kv_s3_options *o, s4kv_s3_report *rep, char *err,
                 size_t errlen)
 {
@@ -267,6 +294,8 @@ int s4kv_upload(s4kv_db *db, const s4kv_s3_options *o, s4kv_s3_report *rep, char
                     "s3://%s/%s holds a different database (id %016" PRIx64 ", this one is %016"
                     PRIx64 "); refusing to overwrite it: use another prefix, or download it",
                     r.bucket, r.prefix, old.id, snap.id);
+    if (rc == 0 && have_old)
+        rc = remote_not_ahead(&old, &snap, &r, err, errlen);
     if (rc == 0)
         rc = s3_list(r.cl, r.prefix, &objs, &nobjs, err, errlen);
 
@@ -477,6 +506,49 @@ static int local_ok(const char *path, const char *name, uint32_t segno, uint64_t
     return ok && size == len ? 0 : -1;
 }
 
+/* Download replaces what dir holds: refuse when that is another database,
+ * or this one with log bytes the remote manifest does not name (writes that
+ * were never uploaded). */
+static int local_not_ahead(const char *dir, const manifest *rm, const remote *r, char *err,
+                           size_t errlen)
+{
+    s4kv_db tmp;
+    memset(&tmp, 0, sizeof tmp);
+    tmp.v = vfs_posix();
+    tmp.dir = (char *)dir;
+    manifest lm;
+    char e2[512];
+    int rc = manifest_load(&tmp, &lm, e2, sizeof e2);
+    if (rc == S4KV_ENOENT)
+        return 0; /* nothing local */
+    if (rc)
+        return seterr(err, errlen, rc, "%s holds an unreadable database (%s); download into "
+                      "another directory", dir, e2);
+    if (lm.id != rm->id)
+        rc = seterr(err, errlen, S4KV_EEXIST, "%s holds a different database (id %016" PRIx64
+                    ") than s3://%s/%s (id %016" PRIx64 "); download into another directory",
+                    dir, lm.id, r->bucket, r->prefix, rm->id);
+    for (size_t i = 0; rc == 0 && i < lm.nseg; i++) {
+        char name[64], path[4200];
+        seg_name(lm.segno[i], name, sizeof name);
+        snprintf(path, sizeof path, "%s/%s", dir, name);
+        uint64_t size = 0, remote_len = 0;
+        struct stat st;
+        if (stat(path, &st) == 0)
+            size = (uint64_t)st.st_size;
+        for (size_t j = 0; j < rm->nseg; j++)
+            if (rm->segno[j] == lm.segno[i])
+                remote_len = rm->sealed_len[j];
+        if (size > SEG_HDR && size > remote_len)
+            rc = seterr(err, errlen, S4KV_EEXIST,
+                        "%s has writes that s3://%s/%s lacks (%s: %" PRIu64 " bytes, the remote "
+                        "manifest names %" PRIu64 "); upload them first, or download into "
+                        "another directory", dir, r->bucket, r->prefix, name, size, remote_len);
+    }
+    manifest_free(&lm);
+    return rc;
+}
+
 int s4kv_download(const char *dir, const s4kv_s3_options *o, s4kv_s3_report *rep, char *err,
                   size_t errlen)
 {
@@ -499,10 +571,12 @@ int s4kv_download(const char *dir, const s4kv_s3_options *o, s4kv_s3_report *rep
     size_t nx = 0;
 
     rc = remote_manifest(&r, &m, err, errlen);
-    if (rc == S4KV_ENOENT)
+    if (rc == S4KV_ENOENT && !(err && strstr(err, "NoSuchBucket")))
         seterr(err, errlen, S4KV_ENOENT, "no database at s3://%s/%s (no MANIFEST)", r.bucket,
                r.prefix);
     have = rc == 0;
+    if (rc == 0)
+        rc = local_not_ahead(dir, &m, &r, err, errlen);
     if (rc == 0 && mkdir(dir, 0755) != 0 && errno != EEXIST)
         rc = seterr(err, errlen, S4KV_EIO, "mkdir %s: %s", dir, strerror(errno));
     if (rc == 0) {
@@ -615,6 +689,7 @@ int s4kv_download(const char *dir, const s4kv_s3_options *o, s4kv_s3_report *rep
 
 typedef struct ropen {
     remote r;
+    s4kv_s3_options o; /* copy: the caller's options need not outlive the handle */
     s4kv_remote seam;
 } ropen;
 
@@ -635,7 +710,7 @@ static int ro_fetch(void *ctx, const char *name, uint8_t **buf, size_t *len, cha
     char key[1200];
     snprintf(key, sizeof key, "%s%s", ro->r.prefix, name);
     int rc = s3_get(ro->r.cl, key, buf, len, err, errlen);
-    if (rc == S4KV_ENOENT && strcmp(name, "MANIFEST") == 0)
+    if (rc == S4KV_ENOENT && strcmp(name, "MANIFEST") == 0 && !(err && strstr(err, "NoSuchBucket")))
         seterr(err, errlen, S4KV_ENOENT, "no database at s3://%s/%s (no MANIFEST)",
                ro->r.bucket, ro->r.prefix);
     return rc;
@@ -654,7 +729,9 @@ int s4kv_open_s3(const char *dir, const s4kv_options *opt, const s4kv_s3_options
     ropen *ro = calloc(1, sizeof *ro);
     if (!ro)
         return seterr(err, errlen, S4KV_ENOMEM, "out of memory");
-    int rc = remote_init(&ro->r, o, err, errlen);
+    if (o)
+        ro->o = *o;
+    int rc = remote_init(&ro->r, o ? &ro->o : NULL, err, errlen);
     if (rc) {
         free(ro);
         return rc;

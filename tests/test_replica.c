@@ -476,3 +476,52 @@ Test(replica, sigkill_during_upload_and_compaction_never_breaks_s3, .timeout = 3
     tu_proxy_stop(&px);
     tu_s3_stop(&s);
 }
+
+Test(replica, one_writer_per_prefix_guards, .timeout = 120)
+{
+    tu_s3 s;
+    tu_s3_start(&s, "bkt");
+    char *a = tu_tmpdir("rep-a");
+    char *b = tu_tmpdir("rep-b");
+    s4kv_s3_options o = s3opts("s3://bkt/guard/");
+    char err[512] = "";
+    s4kv_db *db = ropen(a);
+    rfill(db, 0, 100, "a");
+    cr_assert_eq(s4kv_upload(db, &o, NULL, err, sizeof err), 0, "%s", err);
+    s4kv_close(db);
+    /* B downloads, writes and uploads: S3 moves ahead of A. */
+    char bdir[4300];
+    snprintf(bdir, sizeof bdir, "%s/db", b);
+    cr_assert_eq(s4kv_download(bdir, &o, NULL, err, sizeof err), 0, "%s", err);
+    db = ropen(bdir);
+    rfill(db, 100, 200, "b");
+    cr_assert_eq(s4kv_upload(db, &o, NULL, err, sizeof err), 0, "%s", err);
+    rfill(db, 200, 210, "b");
+    s4kv_close(db);
+    /* A (older copy) must not overwrite B's generation... */
+    db = ropen(a);
+    rfill(db, 0, 10, "a2");
+    cr_assert_eq(s4kv_upload(db, &o, NULL, err, sizeof err), S4KV_EEXIST);
+    cr_assert(strstr(err, "ahead of this copy"), "%s", err);
+    s4kv_close(db);
+    /* ...and a download must not drop B's writes that were never uploaded. */
+    cr_assert_eq(s4kv_download(bdir, &o, NULL, err, sizeof err), S4KV_EEXIST);
+    cr_assert(strstr(err, "lacks"), "%s", err);
+    /* A download over another database is refused too. */
+    char *c = tu_tmpdir("rep-c");
+    db = ropen(c);
+    rfill(db, 0, 5, "c");
+    s4kv_close(db);
+    cr_assert_eq(s4kv_download(c, &o, NULL, err, sizeof err), S4KV_EEXIST);
+    cr_assert(strstr(err, "different database"), "%s", err);
+    /* Remote readers see B's uploaded generation. */
+    s4kv_options ro = ropts();
+    s4kv_db *rdb = NULL;
+    cr_assert_eq(s4kv_open_s3(NULL, &ro, &o, &rdb, err, sizeof err), 0, "%s", err);
+    rcheck(rdb, 100, 200, "b");
+    s4kv_close(rdb);
+    tu_rmtree_free(a);
+    tu_rmtree_free(b);
+    tu_rmtree_free(c);
+    tu_s3_stop(&s);
+}
