@@ -50,7 +50,7 @@ CLI_LIBOBJ := $(filter-out $(B)/obj/tools/s4kv.o,$(CLI_OBJ))
 TEST_OBJ := $(TEST_SRC:%.c=$(B)/obj/%.o)
 BENCH_OBJ := $(BENCH_SRC:%.c=$(B)/obj/%.o)
 
-.PHONY: all deps test-deps test demo bench install clean
+.PHONY: all deps test-deps test demo bench bench-s3 install clean
 
 all: $(B)/libs4kv.a $(B)/libs4kv.so $(B)/s4kv $(B)/s4kv-demo $(B)/s4kv.pc $(FAULTPROXY)
 
@@ -122,6 +122,13 @@ demo: test-deps
 bench: deps
 	$(MAKE) --no-print-directory $(B)/s4kv-bench SAN=$(SAN)
 	$(B)/s4kv-bench $(BENCH_ARGS)
+
+# The S3 rows (remote get next to a raw curl ranged GET, upload, download)
+# against an s3rver started for the run (bench/README.md).
+bench-s3: test-deps
+	$(MAKE) --no-print-directory $(B)/s4kv-bench SAN=$(SAN)
+	bench/with-s3rver.sh $(B)/s4kv-bench --only remoteget,curlget,upload,download \
+		--s3-url s3://s4kv-bench/run/ $(BENCH_ARGS)
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/bin

@@ -1036,7 +1036,7 @@ static int load_checkpoint(s4kv_db *db, size_t *seg_idx, uint64_t *off)
     uint64_t size = 0;
     if (fd == -ENOENT && db->opt.remote && db->opt.remote->fetch) {
         size_t n = 0;
-        char e2[256] = "";
+        char e2[200] = "";
         if (db->opt.remote->fetch(db->opt.remote->ctx, db->ckpt_name, &buf, &n, e2,
                                   sizeof e2) != 0)
             snprintf(why, sizeof why, "remote: %s", e2);

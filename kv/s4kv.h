@@ -77,8 +77,9 @@ typedef enum {
 } s4kv_sync_mode;
 
 /* ---- Remote read seam.
- * When a segment named by the manifest is not present in the local directory,
- * the engine reads its bytes through this interface (sync/ implements it with
+ * When a sealed segment named by the manifest is not present in the local
+ * directory (the active segment of a local database always is), the engine
+ * reads its bytes through this interface (sync/ implements it with
  * one ranged S3 GET per call). read_range must fill exactly `len` bytes of
  * segment `segno` starting at byte `offset`, or fail. Returns 0, or a negative
  * S4KV_E* code with a message in err. The engine checks every byte it gets by
@@ -355,8 +356,8 @@ int s4kv_upload(s4kv_db *db, const s4kv_s3_options *o, s4kv_s3_report *rep, char
 int s4kv_download(const char *dir, const s4kv_s3_options *o, s4kv_s3_report *rep, char *err,
                   size_t errlen);
 
-/* Opens the database at o->url read-only. Segments present in dir (which may
- * be NULL or missing) with their committed length are read locally; the rest
+/* Opens the database at o->url read-only. Sealed segments present in dir
+ * (which may be NULL or missing) are read locally; the rest
  * with one ranged GET per get, on a reused connection, checked by the record
  * checksum. MANIFEST and the checkpoint come from dir when it holds a
  * database, else from S3. Iterators copy whole remote segments to temporary
@@ -366,7 +367,9 @@ int s4kv_download(const char *dir, const s4kv_s3_options *o, s4kv_s3_report *rep
 int s4kv_open_s3(const char *dir, const s4kv_options *opt, const s4kv_s3_options *o,
                  s4kv_db **out, char *err, size_t errlen);
 
-/* Request counters of a handle from s4kv_open_s3 (zeros otherwise). */
+/* Request counters of a handle from s4kv_open_s3 since it was opened (the
+ * open's own MANIFEST and checkpoint fetches included: take differences to
+ * count per get); zeros for other handles. Errors: S4KV_EINVAL. */
 int s4kv_s3_stats(s4kv_db *db, s4kv_s3_report *rep);
 
 #ifdef __cplusplus
