@@ -511,3 +511,34 @@ void tu_proxy_stop(tu_proxy *p)
     unlink(logpath);
     p->pid = -1;
 }
+
+/* A counter of the fault proxy's statistics (GET /__faultproxy/stats, which
+ * the proxy neither counts nor faults), over a raw socket. */
+long tu_proxy_stat(const tu_proxy *p, const char *name)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert(fd >= 0);
+    struct sockaddr_in a = {0};
+    a.sin_family = AF_INET;
+    a.sin_port = htons((uint16_t)p->port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    static const char req[] = "GET /__faultproxy/stats HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                              "Connection: close\r\n\r\n";
+    cr_assert_eq(send(fd, req, sizeof req - 1, MSG_NOSIGNAL), (ssize_t)(sizeof req - 1));
+    char buf[8192];
+    size_t n = 0;
+    ssize_t r;
+    while (n < sizeof buf - 1 && (r = recv(fd, buf + n, sizeof buf - 1 - n, 0)) > 0)
+        n += (size_t)r;
+    close(fd);
+    buf[n] = 0;
+    char *body = strstr(buf, "\r\n\r\n");
+    cr_assert(body, "proxy stats: %s", buf);
+    size_t nl = strlen(name);
+    for (char *line = body + 4; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL)
+        if (strncmp(line, name, nl) == 0 && line[nl] == ' ')
+            return strtol(line + nl + 1, NULL, 10);
+    cr_assert_fail("proxy stats lack %s: %s", name, body + 4);
+    return -1;
+}

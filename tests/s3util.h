@@ -41,5 +41,9 @@ typedef struct tu_proxy {
  * "rate=0.3,kinds=500+503+reset+truncate,seed=7" (see faultproxy --help). */
 void tu_proxy_start(tu_proxy *p, int upstream_port, const char *spec);
 void tu_proxy_stop(tu_proxy *p);
+/* A counter from the proxy's statistics (GET /__faultproxy/stats, which the
+ * proxy neither counts nor faults): "requests", "faults", "inflight" (requests
+ * forwarded whose response is not read yet), ... Fails the test if absent. */
+long tu_proxy_stat(const tu_proxy *p, const char *name);
 
 #endif

@@ -159,37 +159,6 @@ static char *fresh_cwd(void)
     return cwd;
 }
 
-/* A counter of the fault proxy's statistics (GET /__faultproxy/stats, which
- * the proxy neither counts nor faults), over a raw socket. */
-static long proxy_stat(int port, const char *name)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    cr_assert(fd >= 0);
-    struct sockaddr_in a = {0};
-    a.sin_family = AF_INET;
-    a.sin_port = htons((uint16_t)port);
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
-    static const char req[] = "GET /__faultproxy/stats HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                              "Connection: close\r\n\r\n";
-    cr_assert_eq(send(fd, req, sizeof req - 1, MSG_NOSIGNAL), (ssize_t)(sizeof req - 1));
-    char buf[8192];
-    size_t n = 0;
-    ssize_t r;
-    while (n < sizeof buf - 1 && (r = recv(fd, buf + n, sizeof buf - 1 - n, 0)) > 0)
-        n += (size_t)r;
-    close(fd);
-    buf[n] = 0;
-    char *body = strstr(buf, "\r\n\r\n");
-    cr_assert(body, "proxy stats: %s", buf);
-    size_t nl = strlen(name);
-    for (char *line = body + 4; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL)
-        if (strncmp(line, name, nl) == 0 && line[nl] == ' ')
-            return strtol(line + nl + 1, NULL, 10);
-    cr_assert_fail("proxy stats lack %s: %s", name, body + 4);
-    return -1;
-}
-
 /* ---- upload and remote reads ----------------------------------------------- */
 
 Test(cli_s3, upload_then_remote_reads_match_local)
@@ -312,18 +281,18 @@ Test(cli_s3, remote_get_is_one_ranged_get)
     tu_proxy p;
     tu_proxy_start(&p, s.port, "rate=0");
 
-    long n0 = proxy_stat(p.port, "requests");
+    long n0 = tu_proxy_stat(&p, "requests");
     r = RUN(NULL, "--s3", URL, "--endpoint", p.endpoint, "stats");
     expect(&r, 0, NULL, 0, "remote stats through the proxy");
     res_free(&r);
-    long n1 = proxy_stat(p.port, "requests");
+    long n1 = tu_proxy_stat(&p, "requests");
     res l = RUN(db, "get", "k00150");
     r = RUN(NULL, "get", "k00150", "--endpoint", p.endpoint, "--s3", URL);
     expect(&l, 0, NULL, 0, "local get");
     expect(&r, 0, l.out, l.outlen, "remote get through the proxy");
     res_free(&l);
     res_free(&r);
-    long n2 = proxy_stat(p.port, "requests");
+    long n2 = tu_proxy_stat(&p, "requests");
     cr_assert(n1 - n0 >= 1, "opening read nothing through --endpoint (%ld requests)", n1 - n0);
     cr_assert_eq(n2 - n1, n1 - n0 + 1,
                  "a remote get sent %ld requests; opening alone sends %ld (want one more)",
@@ -360,7 +329,7 @@ Test(cli_s3, faults_are_retried_or_reported)
     r = RUN(db2, "--s3", URL, "--endpoint", p.endpoint, "download");
     expect(&r, 0, "", 0, "download through faults");
     res_free(&r);
-    cr_assert_gt(proxy_stat(p.port, "faults"), 0, "the proxy faulted nothing");
+    cr_assert_gt(tu_proxy_stat(&p, "faults"), 0, "the proxy faulted nothing");
     r = RUN(db2, "export");
     expect(&r, 0, text, len, "export of the download made through faults");
     res_free(&r);
