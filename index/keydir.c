@@ -316,6 +316,13 @@ void keydir_free(keydir *kd)
     free(kd);
 }
 
+void keydir_prefetch(const keydir *kd, const void *key, size_t klen)
+{
+    if (klen == 0 || klen > KEY_MAX || kd->cap == 0)
+        return;
+    __builtin_prefetch(&kd->tab[home_of(key_hash(kd, key, klen), kd->cap)], 0, 1);
+}
+
 int keydir_get(const keydir *kd, const void *key, size_t klen, keydir_loc *loc)
 {
     if (klen == 0 || klen > KEY_MAX)

@@ -37,6 +37,11 @@ void keydir_free(keydir *kd);
 /* 1 and *loc filled when key is present, 0 when absent. */
 int keydir_get(const keydir *kd, const void *key, size_t klen, keydir_loc *loc);
 
+/* Hints that key is about to be looked up or inserted: prefetches its home
+ * slot, so a caller with many keys in hand (a batch) overlaps the cache
+ * misses. No effect on contents. */
+void keydir_prefetch(const keydir *kd, const void *key, size_t klen);
+
 /* Inserts or replaces. Returns 1 when it replaced an entry (*old, if non-NULL,
  * gets the previous location), 0 when the key is new, -1 when out of memory
  * (the keydir is unchanged). */

@@ -130,8 +130,7 @@ static void out_discard(outw *o, int unlink_files)
     for (size_t i = 0; i < o->n; i++) {
         char path[4096];
         seg_path(o->db, o->segs[i]->no, path, sizeof path);
-        if (o->segs[i]->fd >= 0)
-            o->db->v->close(o->db->v, o->segs[i]->fd);
+        seg_close(o->db, o->segs[i]);
         if (unlink_files)
             o->db->v->unlink(o->db->v, path);
         free(o->segs[i]);
@@ -276,6 +275,8 @@ int s4kv_compact(s4kv_db *db, char *err, size_t errlen)
         db_exclusive_end(db);
         return rc;
     }
+    for (size_t i = 0; i < o.n; i++)
+        seg_map(db, o.segs[i], o.segs[i]->size);
     /* Switch the in-memory state to [outputs..., active]. */
     if (o.n)
         memcpy(newsegs, o.segs, o.n * sizeof *newsegs);
@@ -335,8 +336,7 @@ int s4kv_compact(s4kv_db *db, char *err, size_t errlen)
             segment *s = oldsegs[i];
             char path[4096];
             seg_path(db, s->no, path, sizeof path);
-            if (s->fd >= 0)
-                db->v->close(db->v, s->fd);
+            seg_close(db, s);
             freed += s->size;
             if (rc == 0)
                 db->v->unlink(db->v, path);

@@ -89,6 +89,32 @@ segment *db_seg(const s4kv_db *db, uint32_t no)
     return no < db->nbyno ? db->byno[no] : NULL;
 }
 
+void seg_map(s4kv_db *db, segment *s, uint64_t len)
+{
+    if (!db->v->map || s->fd < 0 || s->map)
+        return;
+    s->map = db->v->map(db->v, s->fd, len);
+    s->maplen = s->map ? len : 0;
+}
+
+void seg_close(s4kv_db *db, segment *s)
+{
+    if (s->map)
+        db->v->unmap(db->v, s->map, s->maplen);
+    s->map = NULL;
+    s->maplen = 0;
+    if (s->fd >= 0)
+        db->v->close(db->v, s->fd);
+    s->fd = -1;
+}
+
+/* How much of a segment to map: sealed ones exactly, the active one up to
+ * where it will be sealed (reads past maplen fall back to pread). */
+static uint64_t map_len(const s4kv_db *db, const segment *s)
+{
+    return s->sealed || s->size > db->opt.max_segment_bytes ? s->size : db->opt.max_segment_bytes;
+}
+
 const char *key_str(const void *key, size_t klen, char *buf, size_t cap)
 {
     const uint8_t *k = key;
@@ -313,6 +339,7 @@ int db_rotate(s4kv_db *db, char *err, size_t errlen)
     }
     s->fd = fd;
     s->size = SEG_HDR;
+    seg_map(db, s, map_len(db, s));
     pthread_rwlock_wrlock(&db->rw);
     rc = table_add(db, s);
     if (rc == 0) {
@@ -335,7 +362,7 @@ int db_rotate(s4kv_db *db, char *err, size_t errlen)
             db->next_segment = no;
         }
         pthread_rwlock_unlock(&db->rw);
-        db->v->close(db->v, fd);
+        seg_close(db, s);
         if (!db->failed)
             db->v->unlink(db->v, path);
         free(s);
@@ -388,11 +415,21 @@ int db_checkpoint_locked(s4kv_db *db, char *err, size_t errlen)
 
 /* ---- Write path */
 
+#define PREFETCH_AHEAD 8 /* records: enough to overlap the keydir's cache misses */
+
 static void apply_batch(s4kv_db *db, const s4kv_batch *b, segment *a, uint64_t base, int *oom)
 {
-    const uint8_t *p = b->buf + BATCH_HDR, *end = b->buf + b->len;
+    const uint8_t *p = b->buf + BATCH_HDR, *end = b->buf + b->len, *ahead = p;
     uint64_t off = base + BATCH_HDR;
+    for (int i = 0; i < PREFETCH_AHEAD && ahead < end; i++) {
+        keydir_prefetch(db->kd, ahead + REC_HDR, get_u32(ahead + 20));
+        ahead += REC_HDR + get_u32(ahead + 20) + get_u32(ahead + 24);
+    }
     while (p < end) {
+        if (ahead < end) {
+            keydir_prefetch(db->kd, ahead + REC_HDR, get_u32(ahead + 20));
+            ahead += REC_HDR + get_u32(ahead + 20) + get_u32(ahead + 24);
+        }
         uint32_t klen = get_u32(p + 20);
         uint32_t len = REC_HDR + klen + get_u32(p + 24);
         keydir_loc loc = {a->no, (uint32_t)off, len}, old;
@@ -595,45 +632,13 @@ int s4kv_delete(s4kv_db *db, const void *key, size_t klen, char *err, size_t err
 
 /* ---- Reads */
 
-/* Reads and checks the record of key; on success *rec is a malloc'd buffer
- * holding the record and *r points into it. */
-static int read_record(s4kv_db *db, const void *key, size_t klen, uint8_t **rec, rec_view *r,
-                       char *err, size_t errlen)
+/* Checks that rec (len bytes, read from the location the index gave for
+ * key) is a whole put record of key. */
+static int check_record(const uint8_t *rec, keydir_loc loc, const void *key, size_t klen,
+                        rec_view *r, char *err, size_t errlen)
 {
-    char kb[300];
-    if (!db || !key || klen == 0 || klen > S4KV_MAX_KEY_BYTES)
-        return seterr(err, errlen, S4KV_EINVAL, "key of %zu bytes (allowed 1..%u)", klen,
-                      S4KV_MAX_KEY_BYTES);
-    keydir_loc loc;
-    pthread_rwlock_rdlock(&db->rw);
-    if (!keydir_get(db->kd, key, klen, &loc)) {
-        pthread_rwlock_unlock(&db->rw);
-        return seterr(err, errlen, S4KV_ENOTFOUND, "key '%s' not found",
-                      key_str(key, klen, kb, sizeof kb));
-    }
-    uint8_t *buf = malloc((size_t)loc.len + 1);
-    if (!buf) {
-        pthread_rwlock_unlock(&db->rw);
-        return seterr(err, errlen, S4KV_ENOMEM, "out of memory");
-    }
-    segment *s = db_seg(db, loc.seg);
-    int rc;
-    if (s && s->fd >= 0) {
-        rc = seg_read(db, s, loc.off, buf, loc.len, err, errlen);
-        pthread_rwlock_unlock(&db->rw);
-    } else {
-        segment copy = s ? *s : (segment){.no = loc.seg, .fd = -1};
-        pthread_rwlock_unlock(&db->rw);
-        rc = seg_read(db, &copy, loc.off, buf, loc.len, err, errlen);
-    }
-    if (rc) {
-        char detail[512];
-        snprintf(detail, sizeof detail, "%s", err ? err : "");
-        free(buf);
-        return seterr(err, errlen, rc, "key '%s': %s", key_str(key, klen, kb, sizeof kb), detail);
-    }
     const char *why = NULL;
-    if (rec_parse(buf, loc.len, r, &why) != 0)
+    if (rec_parse(rec, loc.len, r, &why) != 0)
         ;
     else if (r->len != loc.len)
         why = "record length differs from the index";
@@ -641,14 +646,11 @@ static int read_record(s4kv_db *db, const void *key, size_t klen, uint8_t **rec,
         why = "record holds a different key";
     else if (r->type != REC_PUT)
         why = "index points at a tombstone";
-    if (why) {
-        free(buf);
-        return seterr(err, errlen, S4KV_ECORRUPT,
-                      "key '%s': data_%06u.s4kv offset %u (%u bytes): %s",
-                      key_str(key, klen, kb, sizeof kb), loc.seg, loc.off, loc.len, why);
-    }
-    *rec = buf;
-    return 0;
+    if (!why)
+        return 0;
+    char kb[300];
+    return seterr(err, errlen, S4KV_ECORRUPT, "key '%s': data_%06u.s4kv offset %u (%u bytes): %s",
+                  key_str(key, klen, kb, sizeof kb), loc.seg, loc.off, loc.len, why);
 }
 
 /* Decodes r's value into dst (cap >= r->rlen). */
@@ -671,50 +673,105 @@ static int decode_value(const rec_view *r, uint8_t *dst, const void *key, size_t
     return 0;
 }
 
+/* Hands r's value to the caller: a new allocation in *out (rlen + 1 bytes,
+ * NUL-terminated) when out is non-NULL, else into buf (cap bytes). */
+static int emit_value(const rec_view *r, void *buf, size_t cap, void **out, size_t *vlen,
+                      const void *key, size_t klen, char *err, size_t errlen)
+{
+    *vlen = r->rlen;
+    if (!out) {
+        if (cap < r->rlen)
+            return seterr(err, errlen, S4KV_ERANGE, "value of %u bytes does not fit %zu",
+                          r->rlen, cap);
+        return decode_value(r, buf, key, klen, err, errlen);
+    }
+    uint8_t *v = malloc((size_t)r->rlen + 1);
+    if (!v)
+        return seterr(err, errlen, S4KV_ENOMEM, "out of memory");
+    int rc = decode_value(r, v, key, klen, err, errlen);
+    if (rc) {
+        free(v);
+        return rc;
+    }
+    v[r->rlen] = 0;
+    *out = v;
+    return 0;
+}
+
+/* The read path of s4kv_get and s4kv_get_into. A record in a mapped segment
+ * is checked and decoded in place under the read lock (no system call, no
+ * copy but the value's); otherwise it is read with one pread, or one
+ * ranged read of a remote segment (outside the lock), then checked. */
+static int get_value(s4kv_db *db, const void *key, size_t klen, void *buf, size_t cap,
+                     void **out, size_t *vlen, char *err, size_t errlen)
+{
+    char kb[300];
+    if (!db || !key || klen == 0 || klen > S4KV_MAX_KEY_BYTES)
+        return seterr(err, errlen, S4KV_EINVAL, "key of %zu bytes (allowed 1..%u)", klen,
+                      S4KV_MAX_KEY_BYTES);
+    keydir_loc loc;
+    rec_view r;
+    pthread_rwlock_rdlock(&db->rw);
+    if (!keydir_get(db->kd, key, klen, &loc)) {
+        pthread_rwlock_unlock(&db->rw);
+        /* the caller has the key: keep the miss path free of formatting */
+        if (err && errlen) {
+            static const char msg[] = "key not found";
+            size_t n = errlen - 1 < sizeof msg - 1 ? errlen - 1 : sizeof msg - 1;
+            memcpy(err, msg, n);
+            err[n] = 0;
+        }
+        return S4KV_ENOTFOUND;
+    }
+    segment *s = db_seg(db, loc.seg);
+    if (s && s->map && (uint64_t)loc.off + loc.len <= s->maplen) {
+        int rc = check_record(s->map + loc.off, loc, key, klen, &r, err, errlen);
+        if (rc == 0)
+            rc = emit_value(&r, buf, cap, out, vlen, key, klen, err, errlen);
+        pthread_rwlock_unlock(&db->rw);
+        return rc;
+    }
+    uint8_t *rec = malloc((size_t)loc.len + 1);
+    if (!rec) {
+        pthread_rwlock_unlock(&db->rw);
+        return seterr(err, errlen, S4KV_ENOMEM, "out of memory");
+    }
+    int rc;
+    if (s && s->fd >= 0) {
+        rc = seg_read(db, s, loc.off, rec, loc.len, err, errlen);
+        pthread_rwlock_unlock(&db->rw);
+    } else {
+        segment copy = s ? *s : (segment){.no = loc.seg, .fd = -1};
+        pthread_rwlock_unlock(&db->rw);
+        rc = seg_read(db, &copy, loc.off, rec, loc.len, err, errlen);
+    }
+    if (rc) {
+        char detail[512];
+        snprintf(detail, sizeof detail, "%s", err ? err : "");
+        free(rec);
+        return seterr(err, errlen, rc, "key '%s': %s", key_str(key, klen, kb, sizeof kb), detail);
+    }
+    rc = check_record(rec, loc, key, klen, &r, err, errlen);
+    if (rc == 0)
+        rc = emit_value(&r, buf, cap, out, vlen, key, klen, err, errlen);
+    free(rec);
+    return rc;
+}
+
 int s4kv_get(s4kv_db *db, const void *key, size_t klen, void **val, size_t *vlen, char *err,
              size_t errlen)
 {
-    uint8_t *rec;
-    rec_view r;
-    int rc = read_record(db, key, klen, &rec, &r, err, errlen);
-    if (rc)
-        return rc;
-    uint8_t *out = rec; /* an uncompressed value moves to the front of rec */
-    if (r.flags & REC_SNAPPY) {
-        out = malloc((size_t)r.rlen + 1);
-        if (!out) {
-            free(rec);
-            return seterr(err, errlen, S4KV_ENOMEM, "out of memory");
-        }
-    }
-    rc = decode_value(&r, out, key, klen, err, errlen);
-    if (out != rec)
-        free(rec);
-    if (rc) {
-        free(out);
-        return rc;
-    }
-    out[r.rlen] = 0;
-    *val = out;
-    *vlen = r.rlen;
-    return 0;
+    if (!val || !vlen)
+        return seterr(err, errlen, S4KV_EINVAL, "NULL output pointer");
+    return get_value(db, key, klen, NULL, 0, val, vlen, err, errlen);
 }
 
 int s4kv_get_into(s4kv_db *db, const void *key, size_t klen, void *buf, size_t cap,
                   size_t *vlen, char *err, size_t errlen)
 {
-    uint8_t *rec;
-    rec_view r;
-    int rc = read_record(db, key, klen, &rec, &r, err, errlen);
-    if (rc)
-        return rc;
-    *vlen = r.rlen;
-    if (cap < r.rlen)
-        rc = seterr(err, errlen, S4KV_ERANGE, "value of %u bytes does not fit %zu", r.rlen, cap);
-    else
-        rc = decode_value(&r, buf, key, klen, err, errlen);
-    free(rec);
-    return rc;
+    if (!vlen || (cap && !buf))
+        return seterr(err, errlen, S4KV_EINVAL, "NULL output pointer");
+    return get_value(db, key, klen, buf, cap, NULL, vlen, err, errlen);
 }
 
 /* ---- Iterators */
@@ -938,8 +995,7 @@ static void db_free(s4kv_db *db)
         pthread_join(db->syncer, NULL);
     }
     for (size_t i = 0; i < db->nsegs; i++) {
-        if (db->segs[i]->fd >= 0)
-            db->v->close(db->v, db->segs[i]->fd);
+        seg_close(db, db->segs[i]);
         free(db->segs[i]);
     }
     free(db->segs);
@@ -1019,6 +1075,7 @@ static int open_segments(s4kv_db *db, const manifest *m, char *err, size_t errle
                           "%s is %" PRIu64 " bytes but MANIFEST says it was sealed at %" PRIu64,
                           path, size, m->sealed_len[i]);
         s->size = active ? size : m->sealed_len[i];
+        seg_map(db, s, map_len(db, s));
     }
     return 0;
 }
@@ -1221,6 +1278,7 @@ static int create_new(s4kv_db *db, char *err, size_t errlen)
         return fd;
     s->fd = fd;
     s->size = SEG_HDR;
+    seg_map(db, s, map_len(db, s));
     db->next_segment = 2;
     db->next_seq = 1;
     if (getrandom(&db->id, sizeof db->id, 0) != (ssize_t)sizeof db->id)
@@ -1284,6 +1342,7 @@ int db_localize(s4kv_db *db, char *err, size_t errlen)
         }
         pthread_rwlock_wrlock(&db->rw);
         s->fd = fd;
+        seg_map(db, s, s->size);
         pthread_rwlock_unlock(&db->rw);
     }
     return 0;

@@ -98,6 +98,8 @@ typedef struct segment {
     int sealed;
     uint64_t size;     /* bytes in the file (sealed: final length) */
     uint64_t live;     /* bytes of records the keydir points at */
+    const uint8_t *map; /* read-only mapping of [0, maplen), or NULL */
+    uint64_t maplen;
 } segment;
 
 typedef struct writer writer;
@@ -147,6 +149,11 @@ int errno_code(int neg_errno);
 const char *key_str(const void *key, size_t klen, char *buf, size_t cap); /* -errno -> S4KV_EIO / S4KV_ENOSPC / S4KV_ENOENT */
 void seg_path(const s4kv_db *db, uint32_t no, char *buf, size_t cap);
 segment *db_seg(const s4kv_db *db, uint32_t no);
+/* Maps segment s for reads (when the vfs can): len bytes, which may exceed
+ * the file (the active segment is mapped to max_segment_bytes up front). */
+void seg_map(s4kv_db *db, segment *s, uint64_t len);
+/* Unmaps and closes s's file (the struct stays). */
+void seg_close(s4kv_db *db, segment *s);
 /* Reads len bytes at off of segment s (local pread or remote read_range). */
 int seg_read(s4kv_db *db, const segment *s, uint64_t off, void *buf, size_t len,
              char *err, size_t errlen);

@@ -11,7 +11,9 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdint.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -112,9 +114,25 @@ static int px_fsync_dir(vfs *v, const char *dir)
     return rc;
 }
 
+static const void *px_map(vfs *v, int fd, uint64_t len)
+{
+    (void)v;
+    if (len == 0 || len > SIZE_MAX)
+        return NULL;
+    void *p = mmap(NULL, (size_t)len, PROT_READ, MAP_SHARED, fd, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+static void px_unmap(vfs *v, const void *addr, uint64_t len)
+{
+    (void)v;
+    if (addr)
+        munmap((void *)addr, (size_t)len);
+}
+
 static vfs posix_vfs = {
-    px_open, px_close, px_pread, px_pwrite, px_fdatasync,
-    px_ftruncate, px_fsize, px_rename, px_unlink, px_fsync_dir,
+    px_open, px_close, px_pread, px_pwrite, px_fdatasync, px_ftruncate,
+    px_fsize, px_rename, px_unlink, px_fsync_dir, px_map, px_unmap,
 };
 
 vfs *vfs_posix(void) { return &posix_vfs; }
@@ -363,8 +381,9 @@ vfs_fault *vfs_fault_new(void)
     vfs_fault *f = calloc(1, sizeof *f);
     if (!f)
         return NULL;
-    f->v = (vfs){ft_open, ft_close, ft_pread, ft_pwrite, ft_fdatasync,
-                 ft_ftruncate, px_fsize, ft_rename, ft_unlink, ft_fsync_dir};
+    /* No map: every read goes through ft_pread, where faults can be injected. */
+    f->v = (vfs){ft_open, ft_close, ft_pread, ft_pwrite, ft_fdatasync, ft_ftruncate,
+                 px_fsize, ft_rename, ft_unlink, ft_fsync_dir, NULL, NULL};
     pthread_mutex_init(&f->mu, NULL);
     return f;
 }

@@ -31,6 +31,11 @@ struct vfs {
     int (*unlink)(vfs *v, const char *path);
     /* fsync of a directory, making creates, renames and unlinks in it durable. */
     int (*fsync_dir)(vfs *v, const char *dir);
+    /* Optional (NULL = reads always go through pread): maps len bytes of fd
+     * read-only and shared; len may run past the end of the file (only bytes
+     * inside it are ever touched). Returns the address or NULL. */
+    const void *(*map)(vfs *v, int fd, uint64_t len);
+    void (*unmap)(vfs *v, const void *addr, uint64_t len);
 };
 
 /* The POSIX implementation (a static singleton; never freed). */
