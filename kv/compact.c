@@ -425,7 +425,7 @@ int s4kv_verify(s4kv_db *db, s4kv_verify_report *rep, char *err, size_t errlen)
     for (size_t i = 0; rc == 0 && i < db->nsegs; i++) {
         segment *s = db->segs[i];
         scan_result res;
-        rc = seg_scan(db, s, SEG_HDR, 1, verify_cb, &c, &res, err, errlen);
+        rc = seg_scan(db, s, SEG_HDR, 1, verify_cb, &c, c.kd, &res, err, errlen);
         if (rc)
             break;
         rep->segments++;

@@ -1181,7 +1181,7 @@ static int replay_from(s4kv_db *db, keydir *kd, size_t from, uint64_t start, int
         int active = i + 1 == db->nsegs && !s->sealed;
         scan_result res;
         int rc = seg_scan(db, s, i == from ? start : SEG_HDR, !db->read_only || !active,
-                          replay_cb, &c, &res, err, errlen);
+                          replay_cb, &c, kd, &res, err, errlen);
         if (rc)
             return rc;
         done += s->size;

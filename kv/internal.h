@@ -202,8 +202,9 @@ void manifest_free(manifest *m);
  * Fills *end with the offset just past the last whole batch. A region that is
  * not a whole batch but is followed by one is corruption: it is logged, counted
  * in *bad, its checksum-valid records are still passed on, and scanning goes
- * on. `tail_ok` (the active segment) stops without searching further at the
- * first bad batch when a read-only handle could be racing a writer. */
+ * on. Without search_past_bad (a read-only handle on the active segment, which
+ * may be racing a writer) it stops at the first bad batch. With prefetch, the
+ * keydir slots of each batch's keys are prefetched before fn sees them. */
 typedef int (*scan_fn)(void *ctx, const segment *s, uint64_t off, const rec_view *r);
 typedef struct scan_result {
     uint64_t end;       /* offset after the last whole batch */
@@ -211,7 +212,8 @@ typedef struct scan_result {
     int torn;           /* 1 when bytes after `end` are not a whole batch */
 } scan_result;
 int seg_scan(s4kv_db *db, const segment *s, uint64_t start, int search_past_bad,
-             scan_fn fn, void *ctx, scan_result *res, char *err, size_t errlen);
+             scan_fn fn, void *ctx, const keydir *prefetch, scan_result *res, char *err,
+             size_t errlen);
 
 /* Checks that the file at path is segment `no` holding whole, checksum-valid
  * batches from its header up to exactly byte len (bytes past len are

@@ -121,7 +121,8 @@ static uint64_t find_next_batch(window *w, uint64_t from, int *rc, char *err, si
 }
 
 int seg_scan(s4kv_db *db, const segment *s, uint64_t start, int search_past_bad,
-             scan_fn fn, void *ctx, scan_result *res, char *err, size_t errlen)
+             scan_fn fn, void *ctx, const keydir *prefetch, scan_result *res, char *err,
+             size_t errlen)
 {
     memset(res, 0, sizeof *res);
     window w = {.db = db, .s = s, .cap = WIN_MIN, .size = s->size};
@@ -140,6 +141,15 @@ int seg_scan(s4kv_db *db, const segment *s, uint64_t start, int search_past_bad,
         if (t > 0) {
             const uint8_t *p = win_get(&w, off, (uint64_t)t, &rc, err, errlen) + BATCH_HDR;
             uint64_t roff = off + BATCH_HDR;
+            if (prefetch) {
+                /* Touch the keydir slots of the whole batch first, so the
+                 * inserts below do not wait for each cache miss in turn. */
+                const uint8_t *q = p;
+                for (uint32_t i = 0; i < count; i++) {
+                    keydir_prefetch(prefetch, q + REC_HDR, get_u32(q + 20));
+                    q += REC_HDR + get_u32(q + 20) + get_u32(q + 24);
+                }
+            }
             for (uint32_t i = 0; i < count && rc == 0; i++) {
                 rec_view r;
                 const char *why;
@@ -224,7 +234,7 @@ int seg_file_check(const char *path, uint32_t no, uint64_t len, uint64_t *record
                          seg_hdr_check(hdr, no, &why) != 0))
         rc = seterr(err, errlen, S4KV_ECORRUPT, "%s: %s", path, why ? why : "short header");
     scan_result res;
-    if (rc == 0 && (rc = seg_scan(&db, &s, SEG_HDR, 1, NULL, NULL, &res, err, errlen)) == 0) {
+    if (rc == 0 && (rc = seg_scan(&db, &s, SEG_HDR, 1, NULL, NULL, NULL, &res, err, errlen)) == 0) {
         if (res.bad || res.torn || res.end != len)
             rc = seterr(err, errlen, S4KV_ECORRUPT, "%s: not whole batches up to byte %llu (%s)",
                         path, (unsigned long long)len,
