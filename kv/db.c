@@ -955,6 +955,28 @@ int s4kv_checkpoint(s4kv_db *db, char *err, size_t errlen)
     return rc;
 }
 
+int s4kv_seal(s4kv_db *db, int *sealed, char *err, size_t errlen)
+{
+    if (sealed)
+        *sealed = 0;
+    if (!db)
+        return seterr(err, errlen, S4KV_EINVAL, "NULL handle");
+    if (db->read_only)
+        return seterr(err, errlen, S4KV_EREADONLY, "%s is open read-only", db->dir);
+    int rc = db_exclusive_begin(db);
+    if (rc)
+        return seterr(err, errlen, rc, "out of memory");
+    if (db->failed)
+        rc = seterr(err, errlen, S4KV_ECLOSED, "an earlier write failed; reopen");
+    else if (active_seg(db)->size > SEG_HDR) {
+        rc = db_rotate(db, err, errlen);
+        if (rc == 0 && sealed)
+            *sealed = 1;
+    }
+    db_exclusive_end(db);
+    return rc;
+}
+
 /* ---- Interval sync thread */
 
 static void *syncer_main(void *arg)

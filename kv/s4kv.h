@@ -292,6 +292,13 @@ int s4kv_stats_get(s4kv_db *db, s4kv_stats *st);
  * Errors: S4KV_EIO, S4KV_ECLOSED. */
 int s4kv_sync(s4kv_db *db, char *err, size_t errlen);
 
+/* Seals the active segment if it holds any batch (it becomes immutable and
+ * a new, empty active segment takes the writes), so an upload sends it once
+ * and never again. The sync loop calls it by age. *sealed (may be NULL) gets
+ * 1 when a segment was sealed, 0 when the active one was empty. Errors:
+ * S4KV_EREADONLY, S4KV_EIO, S4KV_ENOSPC, S4KV_ECLOSED. */
+int s4kv_seal(s4kv_db *db, int *sealed, char *err, size_t errlen);
+
 /* Writes an index checkpoint now and commits it in a new manifest.
  * Errors: S4KV_EREADONLY, S4KV_EIO, S4KV_ENOSPC, S4KV_ENOMEM. */
 int s4kv_checkpoint(s4kv_db *db, char *err, size_t errlen);

@@ -742,3 +742,30 @@ Test(engine, remote_only_open_through_fetch)
     cr_assert_neq(access(local, F_OK), 0, "a remote-only open creates nothing locally");
     tu_rmtree_free(far);
 }
+
+Test(engine, seal_rotates_only_a_non_empty_active_segment)
+{
+    char *dir = tu_tmpdir("seal");
+    s4kv_options o = small_opts();
+    o.max_segment_bytes = 1 << 20;
+    s4kv_db *db = open_ok(dir, &o);
+    char err[512];
+    int sealed = -1;
+    cr_assert_eq(s4kv_seal(db, &sealed, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(sealed, 0, "an empty active segment is not sealed");
+    put_ok(db, "a", "1");
+    s4kv_stats before, after;
+    s4kv_stats_get(db, &before);
+    cr_assert_eq(s4kv_seal(db, &sealed, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(sealed, 1);
+    s4kv_stats_get(db, &after);
+    cr_assert_eq(after.segments, before.segments + 1);
+    cr_assert_neq(after.active_segment, before.active_segment);
+    put_ok(db, "b", "2");
+    s4kv_close(db);
+    db = open_ok(dir, &o);
+    expect_val(db, "a", "1");
+    expect_val(db, "b", "2");
+    s4kv_close(db);
+    tu_rmtree_free(dir);
+}
