@@ -12,10 +12,10 @@ CC := gcc
 endif
 SAN ?= 0
 
-PKGS_LIB := snappy libxxhash libcurl expat libcrypto
+PKGS_LIB := snappy libxxhash libcurl expat libcrypto libuv
 PKGS_CLI := jansson
 DEB_PKGS := pkg-config libsnappy-dev libxxhash-dev libjansson-dev libssl-dev libcriterion-dev \
-	libcurl4-openssl-dev libexpat1-dev
+	libcurl4-openssl-dev libexpat1-dev libuv1-dev libhttp-parser-dev
 
 ifeq ($(SAN),1)
 B := build-san
@@ -28,7 +28,7 @@ OPT := -O2
 endif
 
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS_LIB) $(PKGS_CLI) 2>/dev/null)
-LIB_LIBS = $(shell pkg-config --libs $(PKGS_LIB) 2>/dev/null) -lpthread
+LIB_LIBS = $(shell pkg-config --libs $(PKGS_LIB) 2>/dev/null) -lhttp_parser -lpthread
 CLI_LIBS = $(shell pkg-config --libs $(PKGS_CLI) 2>/dev/null)
 TEST_LIBS = $(shell pkg-config --libs criterion 2>/dev/null)
 
@@ -86,7 +86,7 @@ $(B)/s4kv-bench: $(BENCH_OBJ) $(B)/libs4kv.a
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIB_LIBS) -lm
 
 # pkg-config file for prefix $(1), written to $(2).
-write_pc = printf 'prefix=%s\nlibdir=$${prefix}/lib\nincludedir=$${prefix}/include\n\nName: s4kv\nDescription: log-structured key-value store\nVersion: 0.1.0\nRequires.private: %s\nLibs: -L$${libdir} -ls4kv\nLibs.private: -lpthread\nCflags: -I$${includedir}\n' '$(1)' '$(PKGS_LIB)' > $(2)
+write_pc = printf 'prefix=%s\nlibdir=$${prefix}/lib\nincludedir=$${prefix}/include\n\nName: s4kv\nDescription: log-structured key-value store\nVersion: 0.1.0\nRequires.private: %s\nLibs: -L$${libdir} -ls4kv\nLibs.private: -lhttp_parser -lpthread\nCflags: -I$${includedir}\n' '$(1)' '$(PKGS_LIB)' > $(2)
 
 $(B)/s4kv.pc: Makefile
 	@mkdir -p $(B)
