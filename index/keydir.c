@@ -46,6 +46,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#define XXH_INLINE_ALL
 #include <xxhash.h>
 
 #define ENT_HDR 14                        /* seg, off, len, klen */
@@ -56,13 +57,6 @@
 #define ARENA_MAX (((size_t)1 << 32) * UNIT)
 #define LOAD_PCT 85                       /* max load factor, percent */
 
-#define PREFETCH_AHEAD 16                 /* slots, for keydir_next */
-
-#if defined(__GNUC__)
-#define prefetch(p) __builtin_prefetch(p)
-#else
-#define prefetch(p) ((void)(p))
-#endif
 
 _Static_assert(sizeof(size_t) >= 8, "keydir assumes a 64-bit size_t");
 
@@ -320,7 +314,7 @@ void keydir_prefetch(const keydir *kd, const void *key, size_t klen)
 {
     if (klen == 0 || klen > KEY_MAX || kd->cap == 0)
         return;
-    __builtin_prefetch(&kd->tab[home_of(key_hash(kd, key, klen), kd->cap)], 0, 1);
+    __builtin_prefetch(&kd->tab[home_of(key_hash(kd, key, klen), kd->cap)]);
 }
 
 int keydir_get(const keydir *kd, const void *key, size_t klen, keydir_loc *loc)
@@ -378,9 +372,17 @@ int keydir_del(keydir *kd, const void *key, size_t klen, keydir_loc *old)
     size_t i = probe(kd, key, klen, key_hash(kd, key, klen), &found);
     if (!found)
         return 0;
+    uint8_t *e = ent_at(kd, kd->tab[i].ref);
     if (old)
-        ent_get_loc(ent_at(kd, kd->tab[i].ref), old);
+        ent_get_loc(e, old);
     kd->adead += ent_size(klen);
+    /* Mark the arena entry dead for walks in arena order: key length 0 (a
+     * live entry never has one), its real length kept in the seg field so the
+     * walk can step over it. */
+    uint32_t k32 = (uint32_t)klen;
+    uint16_t zero = 0;
+    memcpy(e, &k32, 4);
+    memcpy(e + 12, &zero, 2);
     remove_slot(kd, i);
     kd->count--;
     maybe_compact(kd);
@@ -418,21 +420,26 @@ size_t keydir_mem_bytes(const keydir *kd)
 int keydir_next(const keydir *kd, size_t *pos, const void **key, size_t *klen,
                 keydir_loc *loc)
 {
-    for (size_t i = *pos; i < kd->cap; i++) {
-        if (kd->tab[i].ref == 0)
+    /* Arena order: sequential reads, so a walk of every entry (checkpoint,
+     * compaction planning, iterators) streams memory instead of missing the
+     * cache once per entry. Dead entries (deleted keys) are stepped over. */
+    size_t p = *pos < UNIT ? UNIT : *pos;
+    while (p + ENT_HDR <= kd->alen) {
+        const uint8_t *e = kd->arena + p;
+        size_t k = ent_klen(e);
+        if (k == 0) {
+            uint32_t dead;
+            memcpy(&dead, e, 4);
+            p += ent_size(dead);
             continue;
-        /* a walk reads the arena in random order: ask for an entry a few
-         * slots ahead so that the misses overlap */
-        if (i + PREFETCH_AHEAD < kd->cap)
-            prefetch(ent_at(kd, kd->tab[i + PREFETCH_AHEAD].ref));
-        const uint8_t *e = ent_at(kd, kd->tab[i].ref);
+        }
         *key = e + ENT_HDR;
-        *klen = ent_klen(e);
+        *klen = k;
         if (loc)
             ent_get_loc(e, loc);
-        *pos = i + 1;
+        *pos = p + ent_size(k);
         return 1;
     }
-    *pos = kd->cap;
+    *pos = kd->alen;
     return 0;
 }

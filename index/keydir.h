@@ -61,7 +61,8 @@ size_t keydir_count(const keydir *kd);
 /* Bytes of memory held: table + arena (+ anything else allocated). */
 size_t keydir_mem_bytes(const keydir *kd);
 
-/* Cursor over all entries in table order. Start with *pos = 0; each call
+/* Cursor over all entries in arena order (insertion order, until deletes
+ * compact the arena; a sequential walk of memory). Start with *pos = 0; each call
  * returns 1 with the key (pointer into the arena, valid until the next
  * mutation) and its location, or 0 at the end. Mutating the keydir during a
  * walk invalidates the cursor. */

@@ -567,3 +567,32 @@ Test(keydir, put_enomem_leaves_keydir_unchanged, .timeout = 120)
     }
 }
 #endif
+
+/* Walks are in arena order and step over deleted entries, including after
+ * the arena has been compacted. */
+Test(keydir, walk_skips_deleted_entries_in_arena_order)
+{
+    keydir *kd = keydir_new(0, NULL);
+    char k[32];
+    for (int i = 0; i < 5000; i++) {
+        snprintf(k, sizeof k, "walk-%d", i);
+        keydir_loc l = {(uint32_t)i, (uint32_t)i, 0};
+        cr_assert_eq(keydir_put(kd, k, strlen(k), l, NULL), 0);
+    }
+    for (int i = 0; i < 5000; i += 3) {
+        snprintf(k, sizeof k, "walk-%d", i);
+        cr_assert_eq(keydir_del(kd, k, strlen(k), NULL), 1);
+    }
+    size_t pos = 0, n = 0, kl;
+    const void *key;
+    keydir_loc l;
+    int last = -1;
+    while (keydir_next(kd, &pos, &key, &kl, &l)) {
+        cr_assert_neq(l.seg % 3, 0, "deleted entry %u walked", l.seg);
+        cr_assert_gt((int)l.seg, last, "insertion order while nothing was compacted");
+        last = (int)l.seg;
+        n++;
+    }
+    cr_assert_eq(n, keydir_count(kd));
+    keydir_free(kd);
+}
