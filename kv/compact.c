@@ -65,7 +65,7 @@ static int out_new_segment(outw *o, char *err, size_t errlen)
     s->size = SEG_HDR;
     char path[4096];
     seg_path(db, s->no, path, sizeof path);
-    int fd = db->v->open(db->v, path, O_RDWR | O_CREAT | O_TRUNC, 0644);
+    int fd = db->v->open(db->v, path, O_RDWR | O_CREAT | O_TRUNC, S4KV_FILE_MODE);
     if (fd < 0) {
         free(s);
         return seterr(err, errlen, errno_code(fd), "create %s: %s", path, strerror(-fd));

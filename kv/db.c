@@ -304,7 +304,7 @@ static int seg_create(s4kv_db *db, uint32_t no, char *err, size_t errlen)
 {
     char path[4096];
     seg_path(db, no, path, sizeof path);
-    int fd = db->v->open(db->v, path, O_RDWR | O_CREAT | O_TRUNC, 0644);
+    int fd = db->v->open(db->v, path, O_RDWR | O_CREAT | O_TRUNC, S4KV_FILE_MODE);
     if (fd < 0)
         return seterr(err, errlen, errno_code(fd), "create %s: %s", path, strerror(-fd));
     uint8_t hdr[SEG_HDR];
@@ -1040,7 +1040,7 @@ static int take_lock(s4kv_db *db, char *err, size_t errlen)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/LOCK", db->dir);
-    db->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    db->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, S4KV_FILE_MODE);
     if (db->lock_fd < 0)
         return seterr(err, errlen, errno_code(-errno), "open %s: %s", path, strerror(errno));
     if (flock(db->lock_fd, LOCK_EX | LOCK_NB) != 0) {
@@ -1415,7 +1415,7 @@ int s4kv__open_vfs(const char *dir, const s4kv_options *opt, vfs *v, keydir_hash
             rc = seterr(err, errlen, S4KV_EIO, "stat %s: %s", dir, strerror(errno));
         else if (db->read_only || !opt->create_if_missing)
             rc = seterr(err, errlen, S4KV_ENOENT, "no database at %s (directory missing)", dir);
-        else if (mkdir(dir, 0755) != 0 && errno != EEXIST)
+        else if (mkdir(dir, S4KV_DIR_MODE) != 0 && errno != EEXIST)
             rc = seterr(err, errlen, errno_code(-errno), "mkdir %s: %s", dir, strerror(errno));
     } else if (!S_ISDIR(st.st_mode)) {
         rc = seterr(err, errlen, S4KV_EINVAL, "%s is not a directory", dir);

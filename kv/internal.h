@@ -31,6 +31,10 @@
 #define REC_SNAPPY 1
 #define FORMAT_VERSION 1u
 #define SEG_MAX_BYTES (2ull << 30)
+/* Modes of what the engine creates (before the umask): owner read-write,
+ * group read, nothing for others, since the data may be private. */
+#define S4KV_FILE_MODE 0640
+#define S4KV_DIR_MODE 0750
 #define SEG_MIN_BYTES 4096ull
 
 /* ---- Little-endian helpers */

@@ -46,7 +46,7 @@ static int write_atomic(s4kv_db *db, const char *path, const void *buf, size_t l
     int renamed = 0;
     char tmp[4096];
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    int fd = db->v->open(db->v, tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    int fd = db->v->open(db->v, tmp, O_WRONLY | O_CREAT | O_TRUNC, S4KV_FILE_MODE);
     if (fd < 0)
         return seterr(err, errlen, errno_code(fd), "open %s: %s", tmp, strerror(-fd));
     ssize_t w = db->v->pwrite(db->v, fd, buf, len, 0);

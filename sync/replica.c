@@ -577,12 +577,12 @@ int s4kv_download(const char *dir, const s4kv_s3_options *o, s4kv_s3_report *rep
     have = rc == 0;
     if (rc == 0)
         rc = local_not_ahead(dir, &m, &r, err, errlen);
-    if (rc == 0 && mkdir(dir, 0755) != 0 && errno != EEXIST)
+    if (rc == 0 && mkdir(dir, S4KV_DIR_MODE) != 0 && errno != EEXIST)
         rc = seterr(err, errlen, S4KV_EIO, "mkdir %s: %s", dir, strerror(errno));
     if (rc == 0) {
         char lp[4096];
         snprintf(lp, sizeof lp, "%s/LOCK", dir);
-        lockfd = open(lp, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+        lockfd = open(lp, O_RDWR | O_CREAT | O_CLOEXEC, S4KV_FILE_MODE);
         if (lockfd < 0 || flock(lockfd, LOCK_EX | LOCK_NB) != 0)
             rc = seterr(err, errlen, lockfd < 0 ? S4KV_EIO : S4KV_ELOCKED,
                         "%s is locked by another process (close the writer first)", dir);

@@ -1712,7 +1712,7 @@ static void job_open(runner *R, xjob *j)
             return;
         }
         snprintf(j->tmp, pl, "%s.tmp", x->path);
-        j->fd = open(j->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        j->fd = open(j->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
         if (j->fd < 0) {
             snprintf(m, sizeof m, "GET s3://%s/%s: create %s: %s", R->cl->bucket, x->key, j->tmp,
                      strerror(errno));

@@ -9,6 +9,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -768,4 +770,36 @@ Test(engine, seal_rotates_only_a_non_empty_active_segment)
     expect_val(db, "b", "2");
     s4kv_close(db);
     tu_rmtree_free(dir);
+}
+
+Test(engine, files_are_not_readable_by_others)
+{
+    char *base = tu_tmpdir("modes");
+    char dir[4200];
+    snprintf(dir, sizeof dir, "%s/db", base);
+    mode_t old = umask(022);
+    s4kv_options o = small_opts();
+    s4kv_db *db = open_ok(dir, &o);
+    put_ok(db, "k", "secret");
+    s4kv_close(db);
+    umask(old);
+    struct stat st;
+    cr_assert_eq(stat(dir, &st), 0);
+    cr_assert_eq(st.st_mode & 0777, 0750, "directory mode %o", st.st_mode & 0777);
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    int n = 0;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.')
+            continue;
+        char p[4500];
+        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+        cr_assert_eq(stat(p, &st), 0);
+        cr_assert_eq(st.st_mode & 0007, 0, "%s is readable by others (%o)", e->d_name,
+                     st.st_mode & 0777);
+        n++;
+    }
+    closedir(d);
+    cr_assert_geq(n, 4, "LOCK, MANIFEST, a segment, a checkpoint");
+    tu_rmtree_free(base);
 }
