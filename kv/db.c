@@ -1363,9 +1363,14 @@ int db_localize(s4kv_db *db, char *err, size_t errlen)
             return rc;
         }
         pthread_rwlock_wrlock(&db->rw);
-        s->fd = fd;
-        seg_map(db, s, s->size);
+        int raced = s->fd >= 0; /* another iterator copied it meanwhile */
+        if (!raced) {
+            s->fd = fd;
+            seg_map(db, s, s->size);
+        }
         pthread_rwlock_unlock(&db->rw);
+        if (raced)
+            db->v->close(db->v, fd);
     }
     return 0;
 }
