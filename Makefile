@@ -50,7 +50,7 @@ CLI_LIBOBJ := $(filter-out $(B)/obj/tools/s4kv.o,$(CLI_OBJ))
 TEST_OBJ := $(TEST_SRC:%.c=$(B)/obj/%.o)
 BENCH_OBJ := $(BENCH_SRC:%.c=$(B)/obj/%.o)
 
-.PHONY: all deps test-deps test demo bench bench-s3 install clean
+.PHONY: all deps test-deps test demo bench bench-deps bench-s3 install clean
 
 all: $(B)/libs4kv.a $(B)/libs4kv.so $(B)/s4kv $(B)/s4kv-demo $(B)/s4kv.pc $(FAULTPROXY)
 
@@ -82,8 +82,13 @@ $(B)/s4kv-demo: $(B)/obj/tools/demo.o $(B)/libs4kv.a
 $(B)/s4kv-test: $(TEST_OBJ) $(CLI_LIBOBJ) $(B)/libs4kv.a
 	$(CC) $(ALL_LDFLAGS) -o $@ $(TEST_OBJ) $(CLI_LIBOBJ) $(B)/libs4kv.a $(TEST_LIBS) $(CLI_LIBS) $(LIB_LIBS)
 
+# The benchmark links the peers it compares s4kv with (Debian's -dev
+# packages, installed by bench-deps only: the library and its tests never
+# need them).
+BENCH_LIBS := -lrocksdb -lleveldb -llmdb
+
 $(B)/s4kv-bench: $(BENCH_OBJ) $(B)/libs4kv.a
-	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIB_LIBS) -lm
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIB_LIBS) $(BENCH_LIBS) -lm
 
 # pkg-config file for prefix $(1), written to $(2).
 write_pc = printf 'prefix=%s\nlibdir=$${prefix}/lib\nincludedir=$${prefix}/include\n\nName: s4kv\nDescription: log-structured key-value store\nVersion: 0.1.0\nRequires.private: %s\nLibs: -L$${libdir} -ls4kv\nLibs.private: -lhttp_parser -lpthread\nCflags: -I$${includedir}\n' '$(1)' '$(PKGS_LIB)' > $(2)
@@ -119,16 +124,32 @@ demo: test-deps
 	$(MAKE) --no-print-directory all SAN=$(SAN)
 	S4KV_BIN=$(CURDIR)/$(B)/s4kv ./tools/demo.sh $(CURDIR)/$(B)
 
-bench: deps
+# The peers of the benchmark (RocksDB, LevelDB, LMDB) and gnuplot for its
+# chart, when any is missing (as root; bench/README.md).
+BENCH_DEB_PKGS := librocksdb-dev libleveldb-dev liblmdb-dev gnuplot-nox
+
+bench-deps: deps
+	@missing=""; for p in $(BENCH_DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "installing:$$missing"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+		else echo "missing Debian packages:$$missing (run 'sudo make bench-deps')" >&2; exit 1; fi; \
+	fi
+
+# s4kv next to RocksDB, LevelDB and LMDB: 3 interleaved runs at 1M keys
+# (about 10 minutes on 2 cores); results in bench/results/latest.{md,json,png}.
+# BENCH_ARGS=--scale adds the 10M-key run.
+bench: bench-deps
 	$(MAKE) --no-print-directory $(B)/s4kv-bench SAN=$(SAN)
 	$(B)/s4kv-bench $(BENCH_ARGS)
 
 # The S3 rows (remote get next to a raw curl ranged GET, upload, download)
 # against an s3rver started for the run (bench/README.md).
-bench-s3: test-deps
+bench-s3: test-deps bench-deps
 	$(MAKE) --no-print-directory $(B)/s4kv-bench SAN=$(SAN)
-	bench/with-s3rver.sh $(B)/s4kv-bench --only remoteget,curlget,upload,download \
-		--s3-url s3://s4kv-bench/run/ $(BENCH_ARGS)
+	bench/with-s3rver.sh $(B)/s4kv-bench --only remoteget,curlget,upload,download,s4db \
+		--s3-url s3://s4kv-bench/run/ --out bench/results/s3 $(BENCH_ARGS)
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/bin
