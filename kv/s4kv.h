@@ -379,6 +379,144 @@ int s4kv_open_s3(const char *dir, const s4kv_options *opt, const s4kv_s3_options
  * count per get); zeros for other handles. Errors: S4KV_EINVAL. */
 int s4kv_s3_stats(s4kv_db *db, s4kv_s3_report *rep);
 
+/* ---- The sync loop (implemented in sync/daemon.c, libuv; the HTTP server in
+ * sync/http.c). One libuv loop on a background thread keeps s3://bucket/prefix/
+ * current while the program keeps using the handle:
+ *  - every interval_ms it looks at s4kv_stats_get; when writes arrived since
+ *    the last successful upload it seals the active segment if its first
+ *    write is at least seal_age_ms old (s4kv_seal), then runs s4kv_upload on
+ *    the libuv thread pool (never two at once). An idle database makes no S3
+ *    requests at all (the one exception: one upload when the loop starts, so
+ *    writes of an earlier run reach S3). A write acknowledged at time t is in
+ *    S3 by about t + interval_ms + the upload's duration; the loop measures
+ *    that lag (s4kv_sync_metrics_get).
+ *  - a failed upload is retried at later ticks with capped exponential
+ *    backoff (interval_ms, 2x, 4x, ... up to retry_max_ms); the database
+ *    keeps serving reads and writes meanwhile.
+ *  - when garbage_bytes / segment_bytes reaches compact_ratio (and garbage is
+ *    at least compact_min_garbage bytes) it runs s4kv_compact on the pool,
+ *    then uploads. Writers wait while s4kv_compact runs: the loop reports
+ *    that pause.
+ *  - with a listen address it also serves HTTP/1.1 on the same loop (the
+ *    routes and limits are at the top of sync/http.c).
+ * The loop logs one line per event through `log` ("info upload done: ...",
+ * "warn upload failed ...", "error ..."), called from the loop thread and the
+ * thread pool but never concurrently (lines are serialised). */
+typedef struct s4kv_sync_options {
+    s4kv_s3_options s3;         /* where and how to upload (s3.url required; see
+                                   s4kv_s3_options, including retention_s). The
+                                   strings are copied by s4kv_sync_start. s3.log
+                                   NULL = the S3 client's lines go to `log` below */
+    uint32_t interval_ms;       /* default 1000: how often the loop looks for new
+                                   writes; 10 .. 86400000 */
+    uint32_t seal_age_ms;       /* 0 (default) = interval_ms: seal the active segment
+                                   before an upload once its first write is this old,
+                                   so each segment is uploaded whole at most twice */
+    double compact_ratio;       /* default 0.5: compact when garbage_bytes /
+                                   segment_bytes (s4kv_stats) reaches this; 0 = never;
+                                   otherwise in (0, 1] */
+    uint64_t compact_min_garbage; /* default 1 MiB: and only when garbage_bytes is at
+                                   least this (and grew by this since the last
+                                   compaction) */
+    uint32_t retry_max_ms;      /* default 30000: cap of the delay between failed
+                                   uploads; >= interval_ms is not required */
+    const char *listen;         /* NULL (default) = no HTTP server. "HOST:PORT" with an
+                                   IPv4 address, "[IPv6]:PORT" or "localhost:PORT";
+                                   port 0 picks a free port (s4kv_sync_address) */
+    const char *token;          /* NULL (default) = no authentication; else every
+                                   request but GET /healthz needs "Authorization:
+                                   Bearer TOKEN" (401 otherwise) */
+    int insecure;               /* 1 allows a non-loopback listen address without a
+                                   token; without either, s4kv_sync_start refuses it */
+    uint64_t http_max_body;     /* default 64 MiB: larger request bodies get 413 */
+    uint32_t http_max_connections; /* default 1024: further connections get 503 */
+    uint32_t http_idle_timeout_ms; /* default 30000: a connection silent this long is
+                                   closed (408 when a request was half received) */
+    uint32_t http_request_timeout_ms; /* default 60000: a request must arrive whole
+                                   within this (408); also the drain limit at stop */
+    void (*log)(void *ctx, const char *line); /* NULL = stderr, "s4kv sync: " prefix;
+                                   one line without newline, starting with its level
+                                   ("info ", "warn ", "error ") */
+    void *log_ctx;
+} s4kv_sync_options;
+
+/* Fills *o with the defaults above (s3 from s4kv_s3_options_init; url NULL). */
+void s4kv_sync_options_init(s4kv_sync_options *o);
+
+/* The type is s4kv_sync_loop because s4kv_sync() is the fdatasync call. */
+typedef struct s4kv_sync_loop s4kv_sync_loop;
+
+/* Checks options without starting anything (what s4kv_sync_start checks
+ * first): an S3 URL is given, interval and ratio are in range, the listen
+ * address parses, and a non-loopback one has a token or insecure. 0 or
+ * S4KV_EINVAL with the reason. */
+int s4kv_sync_options_check(const s4kv_sync_options *o, char *err, size_t errlen);
+
+/* Starts the sync loop for db (a read-write handle the caller keeps open and
+ * closes only after s4kv_sync_stop; it stays fully usable meanwhile). With
+ * o->listen it binds the HTTP server before returning (so an address in use
+ * fails here) and writes the bound address ("127.0.0.1:7070\n") to
+ * DIR/SYNC_ADDR (removed by s4kv_sync_stop); and, if SIGPIPE has its default
+ * disposition, sets it to SIG_IGN (a client that leaves must not kill the
+ * process). The loop runs on a new thread;
+ * uploads and compactions run on libuv's thread pool (UV_THREADPOOL_SIZE,
+ * default 4, shared by the process). On success *out owns the loop: end it
+ * with s4kv_sync_stop. Errors: S4KV_EINVAL (no S3 URL, a bad option or listen
+ * address, a non-loopback listen address without token or insecure),
+ * S4KV_EREADONLY (a read-only handle), S4KV_EIO (bind or listen failed: the
+ * message names the address and errno; SYNC_ADDR not writable; the thread
+ * could not start), S4KV_ENOMEM. S3 configuration errors (credentials) show
+ * up at the first upload, as log lines and in the metrics, not here. */
+int s4kv_sync_start(s4kv_db *db, const s4kv_sync_options *o, s4kv_sync_loop **out,
+                    char *err, size_t errlen);
+
+/* Stops the loop: stops accepting connections, lets requests already being
+ * received finish (up to http_request_timeout_ms) and closes idle ones, waits
+ * for a running upload or compaction, then seals the active segment and
+ * uploads once more if anything changed since the last successful upload;
+ * joins the thread and frees s (always, whatever it returns). Returns 0 when
+ * S3 holds every write acknowledged before the call, else the error of the
+ * final upload (S4KV_EREMOTE, S4KV_EINVAL, S4KV_EEXIST, ... as s4kv_upload;
+ * the writes stay committed locally). NULL is a no-op. Call it once, not from
+ * the log callback. */
+int s4kv_sync_stop(s4kv_sync_loop *s, char *err, size_t errlen);
+
+/* Counters of a running loop. Times in milliseconds, sizes in bytes. */
+typedef struct s4kv_sync_metrics {
+    uint64_t uploads;           /* successful uploads (each an s4kv_upload call) */
+    uint64_t upload_failures;   /* failed upload attempts */
+    uint64_t consecutive_failures; /* since the last success (0 = healthy) */
+    uint64_t upload_objects, upload_bytes; /* sent by successful uploads, in all */
+    uint64_t generation;        /* remote manifest generation after the last success */
+    uint64_t uploaded_seq;      /* every write with a sequence number below this is in S3 */
+    uint64_t last_upload_ms, max_upload_ms; /* duration of uploads (seal included) */
+    uint64_t seals;             /* active segments sealed by age */
+    uint64_t lag_last_ms, lag_max_ms; /* upload lag: from the first write not yet in S3
+                                   to the end of the upload that carried it (an
+                                   upper bound: write times are sampled every
+                                   interval/20, at least 5 ms) */
+    uint64_t lag_p50_ms, lag_p99_ms; /* over the last 4096 uploads that carried writes */
+    uint64_t lag_pending_ms;    /* age of the oldest write not yet in S3; 0 = caught up */
+    uint64_t s3_requests, s3_retries; /* HTTP requests sent by uploads (every attempt) */
+    uint64_t s3_errors;         /* operations that failed after their retries (= failed
+                                   uploads) */
+    uint64_t compactions, compaction_failures;
+    uint64_t compact_pause_last_ms, compact_pause_max_ms; /* writers waited this long */
+    uint64_t garbage_bytes, segment_bytes; /* as of the last tick */
+    uint64_t http_requests;     /* requests answered */
+    uint64_t http_connections;  /* open now */
+    char last_error[256];       /* the last failure's message, "" if none */
+} s4kv_sync_metrics;
+
+/* Fills *m (a consistent copy; callable from any thread). Errors: S4KV_EINVAL
+ * (NULL argument). */
+int s4kv_sync_metrics_get(s4kv_sync_loop *s, s4kv_sync_metrics *m);
+
+/* Writes the HTTP server's bound address ("127.0.0.1:7070", "[::1]:7070")
+ * into buf (NUL-terminated, truncated to cap). Errors: S4KV_ENOENT (no HTTP
+ * server), S4KV_EINVAL. */
+int s4kv_sync_address(s4kv_sync_loop *s, char *buf, size_t cap);
+
 #ifdef __cplusplus
 }
 #endif
