@@ -22,6 +22,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -59,6 +60,7 @@ enum {
     OPT_JSON = 1 << 2,
     OPT_FORMAT = 1 << 3,
     OPT_BATCH = 1 << 4,
+    OPT_SYNC = 1 << 5, /* the sync daemon's options */
 };
 
 typedef struct cli {
@@ -83,6 +85,13 @@ typedef struct cli {
     s4kv_s3_options s3o;  /* built from the above; outlives every handle */
     const char *label;    /* what messages call the database: DIR, or the S3
                              URL when it was opened from S3 alone */
+    /* sync (the daemon) */
+    uint32_t interval_ms, seal_age_ms; /* 0 = the library's default */
+    double compact_ratio; /* -1 = the library's default */
+    const char *listen;   /* --listen; "none" = no HTTP server */
+    const char *token;    /* --token, else $S4KV_SYNC_TOKEN */
+    int insecure;         /* --insecure */
+    const char *log_path; /* --log FILE; NULL = stderr */
 } cli;
 
 typedef struct command {
@@ -267,6 +276,8 @@ static const char HELP_GLOBAL[] =
     "  stats [--json]                    show counters\n"
     "  upload                            send DIR's database to S3 (needs --s3)\n"
     "  download                          fetch the S3 database into DIR (needs --s3)\n"
+    "  sync [--interval D] [--listen A]  run the sync daemon: keep S3 current, compact,\n"
+    "                                    serve HTTP (needs --s3; 's4kv sync --help')\n"
     "\n"
     "Options:\n"
     "  -d, --dir DIR  the database directory (default: $S4KV_DIR, else\n"
@@ -1194,6 +1205,189 @@ static int cmd_download(cli *c)
     return exit_for(rc);
 }
 
+/* ---- sync (the daemon) --------------------------------------------------- */
+
+/* The daemon's log: one line per event, "2024-05-01T12:00:00.123Z LEVEL
+ * text", to stderr or --log FILE (appended; SIGHUP reopens it, for
+ * logrotate). Called from the loop thread and the pool: serialised. */
+typedef struct daemon_log {
+    pthread_mutex_t mu;
+    FILE *f;              /* stderr, or the --log file */
+    const char *path;     /* NULL = stderr */
+} daemon_log;
+
+static void daemon_log_line(void *ctx, const char *line)
+{
+    daemon_log *l = ctx;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    struct tm tm;
+    gmtime_r(&ts.tv_sec, &tm);
+    char t[32];
+    strftime(t, sizeof t, "%Y-%m-%dT%H:%M:%S", &tm);
+    pthread_mutex_lock(&l->mu);
+    fprintf(l->f, "%s.%03ldZ %s\n", t, ts.tv_nsec / 1000000, line);
+    fflush(l->f);
+    pthread_mutex_unlock(&l->mu);
+}
+
+/* The engine's and the S3 client's own lines. */
+static void daemon_engine_log(void *ctx, const char *line)
+{
+    char buf[1100];
+    snprintf(buf, sizeof buf, "info engine: %s", line);
+    daemon_log_line(ctx, buf);
+}
+
+/* Opens (or, on SIGHUP, reopens) the log file. 0 or -1 (message printed). */
+static int daemon_log_open(daemon_log *l)
+{
+    if (!l->path)
+        return 0;
+    FILE *f = fopen(l->path, "a");
+    if (!f) {
+        msg("sync: cannot open the log file %s: %s", l->path, strerror(errno));
+        return -1;
+    }
+    setvbuf(f, NULL, _IOLBF, 0);
+    pthread_mutex_lock(&l->mu);
+    FILE *old = l->f;
+    l->f = f;
+    pthread_mutex_unlock(&l->mu);
+    if (old && old != stderr)
+        fclose(old);
+    return 0;
+}
+
+/* --interval and --seal-age: N[ms|s|m|h], a plain N in seconds; 0 < d <= 1 day. */
+static int parse_duration_ms(const char *s, uint32_t *out)
+{
+    char *end;
+    errno = 0;
+    if (*s < '0' || *s > '9')
+        return -1;
+    unsigned long long v = strtoull(s, &end, 10);
+    unsigned long long mul = 0;
+    if (errno)
+        return -1;
+    if (!*end || strcmp(end, "s") == 0)
+        mul = 1000;
+    else if (strcmp(end, "ms") == 0)
+        mul = 1;
+    else if (strcmp(end, "m") == 0)
+        mul = 60000;
+    else if (strcmp(end, "h") == 0)
+        mul = 3600000;
+    if (!mul || v == 0 || v > 86400000ull / mul)
+        return -1;
+    *out = (uint32_t)(v * mul);
+    return 0;
+}
+
+static int cmd_sync(cli *c)
+{
+    int st = need_s3(c);
+    if (st)
+        return st;
+    s4kv_sync_options so;
+    s4kv_sync_options_init(&so);
+    so.s3 = *s3_options(c, 0);
+    if (c->interval_ms)
+        so.interval_ms = c->interval_ms;
+    if (c->seal_age_ms)
+        so.seal_age_ms = c->seal_age_ms;
+    if (c->compact_ratio >= 0)
+        so.compact_ratio = c->compact_ratio;
+    if (!c->listen)
+        so.listen = "127.0.0.1:7070";
+    else if (strcmp(c->listen, "none") != 0)
+        so.listen = c->listen;
+    const char *tok = c->token ? c->token : getenv("S4KV_SYNC_TOKEN");
+    so.token = tok && *tok ? tok : NULL;
+    so.insecure = c->insecure;
+    char err[512] = "";
+    int rc = s4kv_sync_options_check(&so, err, sizeof err);
+    if (rc) {
+        msg("sync: %s", detail(err, rc));
+        return EX_USAGE;
+    }
+
+    daemon_log lg = { .f = stderr, .path = c->log_path };
+    pthread_mutex_init(&lg.mu, NULL);
+    if (daemon_log_open(&lg) != 0) {
+        pthread_mutex_destroy(&lg.mu);
+        return EX_ERR;
+    }
+    so.log = daemon_log_line;
+    so.log_ctx = &lg;
+    so.s3.log = daemon_engine_log;
+    so.s3.log_ctx = &lg;
+
+    /* Every thread started from here on (the engine's, the loop's, libuv's
+     * pool) inherits this mask: the signals reach sigwait below only. */
+    sigset_t set, old;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &set, &old);
+
+    s4kv_db *db = NULL;
+    s4kv_sync_loop *loop = NULL;
+    if ((st = s3_prepare_write(c, 0)) == EX_OK) {
+        s4kv_options opt;
+        s4kv_options_init(&opt);
+        opt.log = daemon_engine_log;
+        opt.log_ctx = &lg;
+        rc = s4kv_open(c->dir, &opt, &db, err, sizeof err);
+        if (rc == S4KV_ELOCKED)
+            msg("database %s is locked by another writer (%s)", c->dir, detail(err, rc));
+        else if (rc)
+            msg("cannot open the database at %s: %s", c->dir, detail(err, rc));
+        st = exit_for(rc);
+    }
+    if (st == EX_OK) {
+        rc = s4kv_sync_start(db, &so, &loop, err, sizeof err);
+        if (rc) {
+            msg("sync: %s", detail(err, rc));
+            st = rc == S4KV_EINVAL ? EX_USAGE : exit_for(rc);
+        }
+    }
+    if (st == EX_OK) {
+        for (;;) {
+            int sig = 0;
+            if (sigwait(&set, &sig) != 0)
+                continue;
+            if (sig == SIGHUP) {
+                if (daemon_log_open(&lg) == 0)
+                    daemon_log_line(&lg, "info log file reopened (SIGHUP)");
+                continue;
+            }
+            char line[96];
+            snprintf(line, sizeof line, "info %s: stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
+            daemon_log_line(&lg, line);
+            break;
+        }
+        err[0] = 0;
+        rc = s4kv_sync_stop(loop, err, sizeof err);
+        if (rc) {
+            char line[700];
+            snprintf(line, sizeof line, "error %s", detail(err, rc));
+            daemon_log_line(&lg, line);
+            if (lg.path)
+                msg("sync: %s", detail(err, rc));
+            st = exit_for(rc);
+        }
+    }
+    if (db)
+        st = close_db(c, db, st);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (lg.f != stderr)
+        fclose(lg.f);
+    pthread_mutex_destroy(&lg.mu);
+    return st;
+}
+
 /* ---- command table and argument parsing --------------------------------- */
 
 static const command COMMANDS[] = {
@@ -1283,6 +1477,48 @@ static const command COMMANDS[] = {
       "again. DIR then holds the S3 database as of that MANIFEST: writes made\n"
       "in DIR and not uploaded are replaced. Needs --s3 (or $S4KV_S3). Shows\n"
       "progress on a terminal and a summary on stderr.\n", 0 },
+    { "sync", cmd_sync, OPT_SYNC, 0, 0,
+      "--s3 URL sync [--interval D] [--seal-age D] [--compact-ratio R]\n"
+      "            [--retention D] [--listen ADDR|none] [--token T | --insecure]\n"
+      "            [--log FILE]",
+      "Runs the sync daemon in the foreground until SIGINT or SIGTERM. It holds\n"
+      "DIR's writer lock (creating the database, or downloading it from S3\n"
+      "first when DIR has none and S3 has one) and, on one libuv loop:\n"
+      "  - every --interval, when writes arrived since the last upload, seals\n"
+      "    the active segment once its first write is --seal-age old and\n"
+      "    uploads what S3 lacks (as 's4kv upload'). An idle database sends no\n"
+      "    S3 requests. A failed upload is retried at later ticks with\n"
+      "    exponential backoff (up to 30 s) while writes keep succeeding\n"
+      "    locally. A write acknowledged at time t is in S3 by about t +\n"
+      "    interval + the upload's duration (the lag is in /metrics).\n"
+      "  - compacts when garbage reaches --compact-ratio of the segment bytes\n"
+      "    (and at least 1 MiB), then uploads; writers wait meanwhile, and the\n"
+      "    pause is in /metrics.\n"
+      "  - serves HTTP/1.1 on --listen: GET/PUT/DELETE /v1/kv/KEY (raw bytes,\n"
+      "    percent-encoded key; a bad escape is 400), GET /v1/keys?prefix=P (one\n"
+      "    percent-encoded key per line, a JSON array with Accept:\n"
+      "    application/json), GET /healthz, GET /metrics (Prometheus). Bodies\n"
+      "    over 64 MiB get 413, unknown routes 404, wrong methods 405.\n"
+      "The bound address goes to DIR/SYNC_ADDR while it runs. SIGINT or SIGTERM:\n"
+      "stops accepting, finishes requests in flight, uploads a last time and\n"
+      "exits 0 (3 when that upload fails: the writes stay in DIR). SIGHUP\n"
+      "reopens the --log file.\n\nOptions:\n"
+      "  --interval D       how often to look for new writes: N[ms|s|m|h] (a\n"
+      "                     plain N is seconds); default 1s\n"
+      "  --seal-age D       seal the active segment before an upload once its\n"
+      "                     first write is this old; default: the interval\n"
+      "  --compact-ratio R  garbage ratio that starts a compaction, 0 to 1; 0\n"
+      "                     never compacts; default 0.5\n"
+      "  --retention D      see 's4kv --help' (objects a compaction dropped)\n"
+      "  --listen ADDR      HTTP address: IPV4:PORT, [IPV6]:PORT or\n"
+      "                     localhost:PORT (port 0 picks one); default\n"
+      "                     127.0.0.1:7070; 'none' serves no HTTP. A\n"
+      "                     non-loopback address needs --token or --insecure\n"
+      "  --token T          require \"Authorization: Bearer T\" on every request\n"
+      "                     but /healthz (default: $S4KV_SYNC_TOKEN, which keeps\n"
+      "                     it out of the process list)\n"
+      "  --insecure         allow a non-loopback --listen without a token\n"
+      "  --log FILE         append the log to FILE instead of stderr\n", 0 },
 };
 
 #define NCOMMANDS (sizeof COMMANDS / sizeof COMMANDS[0])
@@ -1457,6 +1693,51 @@ static int parse_command_args(cli *c, const command *cmd, int argc, char **argv)
                     S4KV_MAX_BATCH_OPS, v);
                 return EX_USAGE;
             }
+        } else if ((cmd->opts & OPT_SYNC) &&
+                   ((r = opt_value(argc, argv, &i, NULL, "--interval", &v, cmd->name)) ||
+                    (r = opt_value(argc, argv, &i, NULL, "--seal-age", &v, cmd->name)))) {
+            if (r < 0)
+                return EX_USAGE;
+            int seal = strncmp(a, "--seal-age", 10) == 0;
+            if (parse_duration_ms(v, seal ? &c->seal_age_ms : &c->interval_ms) != 0) {
+                msg("%s: %s wants a duration such as 500ms, 1s or 2m (a plain number is "
+                    "seconds; at most 1 day), not '%s'", cmd->name,
+                    seal ? "--seal-age" : "--interval", v);
+                return EX_USAGE;
+            }
+        } else if ((cmd->opts & OPT_SYNC) &&
+                   (r = opt_value(argc, argv, &i, NULL, "--compact-ratio", &v, cmd->name))) {
+            if (r < 0)
+                return EX_USAGE;
+            char *end;
+            errno = 0;
+            double d = strtod(v, &end);
+            if (errno || end == v || *end || !(d >= 0 && d <= 1)) {
+                msg("%s: --compact-ratio wants a number from 0 to 1, not '%s'", cmd->name, v);
+                return EX_USAGE;
+            }
+            c->compact_ratio = d;
+        } else if ((cmd->opts & OPT_SYNC) &&
+                   (r = opt_value(argc, argv, &i, NULL, "--listen", &v, cmd->name))) {
+            if (r < 0)
+                return EX_USAGE;
+            c->listen = v;
+        } else if ((cmd->opts & OPT_SYNC) &&
+                   (r = opt_value(argc, argv, &i, NULL, "--token", &v, cmd->name))) {
+            if (r < 0)
+                return EX_USAGE;
+            if (!*v) {
+                msg("%s: --token is an empty string", cmd->name);
+                return EX_USAGE;
+            }
+            c->token = v;
+        } else if ((cmd->opts & OPT_SYNC) &&
+                   (r = opt_value(argc, argv, &i, NULL, "--log", &v, cmd->name))) {
+            if (r < 0)
+                return EX_USAGE;
+            c->log_path = v;
+        } else if ((cmd->opts & OPT_SYNC) && strcmp(a, "--insecure") == 0) {
+            c->insecure = 1;
         } else if ((cmd->opts & OPT_NUL0) && (strcmp(a, "-0") == 0 || strcmp(a, "--null") == 0)) {
             c->nul0 = 1;
         } else if ((cmd->opts & OPT_JSON) && strcmp(a, "--json") == 0) {
@@ -1537,6 +1818,7 @@ int main(int argc, char **argv)
     env = getenv("S4KV_S3");
     c.s3 = env && *env ? env : NULL;
     c.retention_s = -1;
+    c.compact_ratio = -1;
     c.format = FMT_JSONL;
     c.batch = IMPORT_BATCH_DEFAULT;
     c.tty = isatty(STDERR_FILENO);
