@@ -24,13 +24,22 @@
 #include <time.h>
 #include <unistd.h>
 
-/* Log bytes not covered by a checkpoint that upload tolerates before it
- * writes a fresh one. 0: every upload that carries new log also carries a
- * checkpoint covering all of it, so a remote reader replays nothing (the
- * checkpoint costs about as much as re-sending the active segment, which
- * upload does anyway), and a close right after an upload has nothing to
- * checkpoint. */
-#define UPLOAD_CKPT_AFTER 0
+/* How much log an upload leaves to remote readers to replay after the
+ * checkpoint, instead of writing and sending a fresh checkpoint (O(keys)).
+ * A small index (under 1 MiB) is always checkpointed: cheap, and a close
+ * right after the upload then has nothing to checkpoint. A larger one is
+ * checkpointed once the log since the last checkpoint reaches a quarter of
+ * the index's size (so checkpoint traffic stays a fraction of log traffic,
+ * which matters to the sync loop uploading every second), at most 64 MiB. */
+static uint64_t upload_ckpt_after(s4kv_db *db)
+{
+    s4kv_stats st;
+    s4kv_stats_get(db, &st);
+    if (st.index_bytes < (1u << 20))
+        return 0;
+    uint64_t t = st.index_bytes / 4;
+    return t < (64u << 20) ? t : (64u << 20);
+}
 
 void s4kv_s3_options_init(s4kv_s3_options *o)
 {
@@ -288,7 +297,7 @@ int s4kv_upload(s4kv_db *db, const s4kv_s3_options *o, s4kv_s3_report *rep, char
     else if (rc == S4KV_ENOENT)
         rc = 0;
     if (rc == 0)
-        rc = db_snapshot(db, UPLOAD_CKPT_AFTER, &snap, err, errlen);
+        rc = db_snapshot(db, upload_ckpt_after(db), &snap, err, errlen);
     if (rc == 0 && have_old && old.id != snap.id)
         rc = seterr(err, errlen, S4KV_EEXIST,
                     "s3://%s/%s holds a different database (id %016" PRIx64 ", this one is %016"
