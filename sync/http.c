@@ -9,10 +9,29 @@
  *                           per line (text/plain), or with "Accept:
  *                           application/json" a JSON array of the same
  *                           percent-encoded strings
+ *   POST /v1/batch          an atomic batch of puts and deletes in the binary
+ *                           framing below, committed with one s4kv_write -> 204
  *   GET /healthz            "ok" (never needs the token)
  *   GET /metrics            Prometheus text format
  * Keys in paths and the prefix are percent-decoded ("%2F" is '/', '+' is a
  * plus); a '%' not followed by two hex digits is 400.
+ *
+ * The batch framing (POST /v1/batch, any Content-Type; binary so that the
+ * library needs no JSON parser): the body is one or more records, back to
+ * back, each
+ *     op         u8      1 = put, 2 = delete
+ *     key_len    u32 LE  1 .. 65535
+ *     value_len  u32 LE  0 .. 256 MiB for a put; 0 for a delete
+ *     key        key_len bytes
+ *     value      value_len bytes
+ * and nothing after the last record. Every length is checked before any
+ * byte is used: an unknown op, a key length of 0 or over 65535, a value
+ * length over 256 MiB or on a delete, a record cut short, or an empty body
+ * is 400 with a message naming the byte offset of the offending record
+ * field ("batch: record 3 at byte offset 40: ..."), and nothing is written.
+ * The whole body counts against max_body (413). A later record for the same
+ * key wins, as in s4kv_write. The batch is committed with one s4kv_write on
+ * the thread pool, like a PUT: all of it or none of it.
  *
  * Where the engine runs: gets on the loop thread (the keydir lookup and a
  * read of a mapped segment take microseconds), puts, deletes and key
@@ -48,9 +67,9 @@
 #define WRITE_LOW (1u << 20)
 #define HDR_VALUE_MAX 8192
 
-enum route { R_NONE, R_HEALTH, R_METRICS, R_KEYS, R_KV };
-enum op { OP_GET, OP_PUT, OP_DELETE, OP_KEYS, OP_OTHER, OP_N };
-static const char *const op_names[OP_N] = {"get", "put", "delete", "keys", "other"};
+enum route { R_NONE, R_HEALTH, R_METRICS, R_KEYS, R_KV, R_BATCH };
+enum op { OP_GET, OP_PUT, OP_DELETE, OP_KEYS, OP_BATCH, OP_OTHER, OP_N };
+static const char *const op_names[OP_N] = {"get", "put", "delete", "keys", "batch", "other"};
 enum hdr { H_NONE, H_AUTH, H_ACCEPT, H_EXPECT, H_N };
 
 static const int codes[] = {200, 204, 400, 401, 404, 405, 408, 413, 431, 500, 501, 503, 507};
@@ -410,13 +429,67 @@ static void respond_error(conn *c, int st, const char *msg)
     snprintf(line, sizeof line, "%s\n", msg && *msg ? msg : reason(st));
     const char *extra = NULL;
     if (st == 405)
-        extra = c->route == R_KV ? "Allow: GET, HEAD, PUT, DELETE\r\n" : "Allow: GET, HEAD\r\n";
+        extra = c->route == R_KV      ? "Allow: GET, HEAD, PUT, DELETE\r\n"
+                : c->route == R_BATCH ? "Allow: POST\r\n"
+                                      : "Allow: GET, HEAD\r\n";
     else if (st == 401)
         extra = "WWW-Authenticate: Bearer\r\n";
     respond_text(c, st, line, extra);
 }
 
-/* ---- the pool jobs (put, delete, keys) */
+/* ---- the pool jobs (put, delete, keys, batch) */
+
+static uint32_t rd32le(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* Decodes a batch body (the framing at the top) into b. 0, S4KV_EINVAL with
+ * a message naming the record and byte offset, or S4KV_ENOMEM. */
+static int batch_decode(const uint8_t *p, size_t n, s4kv_batch *b, char *err, size_t errlen)
+{
+    if (n == 0)
+        return seterr(err, errlen, S4KV_EINVAL, "batch: the body is empty (at least one record "
+                                                "is needed)");
+    size_t off = 0;
+    for (uint64_t rec = 1; off < n; rec++) {
+        if (n - off < 9)
+            return seterr(err, errlen, S4KV_EINVAL,
+                          "batch: record %" PRIu64 " at byte offset %zu: the 9-byte record head "
+                          "is cut short (%zu bytes left)", rec, off, n - off);
+        uint8_t op = p[off];
+        uint32_t kl = rd32le(p + off + 1), vl = rd32le(p + off + 5);
+        if (op != 1 && op != 2)
+            return seterr(err, errlen, S4KV_EINVAL,
+                          "batch: record %" PRIu64 " at byte offset %zu: unknown op %u (1 put, "
+                          "2 delete)", rec, off, op);
+        if (kl == 0 || kl > S4KV_MAX_KEY_BYTES)
+            return seterr(err, errlen, S4KV_EINVAL,
+                          "batch: record %" PRIu64 " at byte offset %zu: key length %" PRIu32
+                          " (1 to %u)", rec, off + 1, kl, S4KV_MAX_KEY_BYTES);
+        if (op == 2 && vl != 0)
+            return seterr(err, errlen, S4KV_EINVAL,
+                          "batch: record %" PRIu64 " at byte offset %zu: a delete with value "
+                          "length %" PRIu32 " (must be 0)", rec, off + 5, vl);
+        if (vl > S4KV_MAX_VALUE_BYTES)
+            return seterr(err, errlen, S4KV_EINVAL,
+                          "batch: record %" PRIu64 " at byte offset %zu: value length %" PRIu32
+                          " (at most %u)", rec, off + 5, vl, S4KV_MAX_VALUE_BYTES);
+        size_t need = (size_t)kl + vl;
+        if (n - off - 9 < need)
+            return seterr(err, errlen, S4KV_EINVAL,
+                          "batch: record %" PRIu64 " at byte offset %zu: key and value need %zu "
+                          "bytes, %zu are left", rec, off + 9, need, n - off - 9);
+        const uint8_t *k = p + off + 9;
+        int rc = op == 1 ? s4kv_batch_put(b, k, kl, k + kl, vl) : s4kv_batch_delete(b, k, kl);
+        if (rc)
+            return seterr(err, errlen, rc,
+                          "batch: record %" PRIu64 " at byte offset %zu: %s", rec, off,
+                          rc == S4KV_ENOMEM ? "out of memory" : "the batch is too large");
+        off += 9 + need;
+    }
+    return 0;
+}
 
 static void job_work(uv_work_t *w)
 {
@@ -426,6 +499,18 @@ static void job_work(uv_work_t *w)
         j->rc = s4kv_put(db, j->key.p, j->key.len, j->body.p, j->body.len, j->err, sizeof j->err);
     } else if (j->op == OP_DELETE) {
         j->rc = s4kv_delete(db, j->key.p, j->key.len, j->err, sizeof j->err);
+    } else if (j->op == OP_BATCH) {
+        s4kv_batch *b = s4kv_batch_new();
+        if (!b) {
+            j->rc = seterr(j->err, sizeof j->err, S4KV_ENOMEM, "out of memory");
+            return;
+        }
+        j->rc = batch_decode((const uint8_t *)j->body.p, j->body.len, b, j->err, sizeof j->err);
+        /* The body is no longer needed: free it before the commit waits. */
+        sb_free(&j->body);
+        if (j->rc == 0)
+            j->rc = s4kv_write(db, b, j->err, sizeof j->err);
+        s4kv_batch_free(b);
     } else {
         s4kv_iter *it = NULL;
         j->rc = s4kv_iter_new(db, j->key.p, j->key.len, S4KV_ITER_SORTED | S4KV_ITER_KEYS_ONLY,
@@ -471,7 +556,7 @@ static void job_done(uv_work_t *w, int status)
         j->rc = S4KV_EIO;
         snprintf(j->err, sizeof j->err, "cancelled");
     }
-    if ((j->op == OP_PUT || j->op == OP_DELETE) && j->rc == 0)
+    if ((j->op == OP_PUT || j->op == OP_DELETE || j->op == OP_BATCH) && j->rc == 0)
         sync_note_write(h->owner, j->start_ms);
     if (!c->dead) {
         if (j->rc) {
@@ -548,6 +633,10 @@ static void dispatch(conn *c)
                 c->head_only);
         return;
     }
+    case R_BATCH:
+        if (start_job(c, OP_BATCH) != 0)
+            respond_error(c, 503, "out of memory");
+        return;
     case R_KEYS:
         if (start_job(c, OP_KEYS) != 0)
             respond_error(c, 503, "out of memory");
@@ -684,6 +773,11 @@ static void route(conn *c)
         c->route = R_METRICS;
         if (!get)
             set_status(c, 405, "GET /metrics");
+    } else if (IS("/v1/batch")) {
+        c->route = R_BATCH;
+        c->op = OP_BATCH;
+        if (m != HTTP_POST)
+            set_status(c, 405, "POST /v1/batch");
     } else if (IS("/v1/keys")) {
         c->route = R_KEYS;
         c->op = OP_KEYS;
@@ -729,7 +823,8 @@ static void route(conn *c)
         c->route = R_KV;
         set_status(c, 400, "empty key: use /v1/kv/KEY");
     } else {
-        set_status(c, 404, "no such route (see /v1/kv/KEY, /v1/keys, /healthz, /metrics)");
+        set_status(c, 404, "no such route (see /v1/kv/KEY, /v1/batch, /v1/keys, /healthz, "
+                           "/metrics)");
     }
 #undef IS
 }
@@ -764,7 +859,8 @@ static int on_headers_complete(http_parser *p)
         }
         c->reserved = p->content_length;
         h->body_reserved += c->reserved;
-        if (c->op == OP_PUT && sb_reserve(&c->body, (size_t)p->content_length) != 0) {
+        if ((c->op == OP_PUT || c->op == OP_BATCH) &&
+            sb_reserve(&c->body, (size_t)p->content_length) != 0) {
             set_status(c, 503, "out of memory");
             c->reject = 503;
             return -1;
@@ -791,7 +887,8 @@ static int on_body(http_parser *p, const char *at, size_t n)
 {
     conn *c = p->data;
     http_server *h = c->h;
-    uint64_t have = c->op == OP_PUT ? c->body.len : 0;
+    int keep = c->op == OP_PUT || c->op == OP_BATCH;
+    uint64_t have = keep ? c->body.len : 0;
     if (have + n > h->cfg.max_body) {
         set_status(c, 413, "");
         snprintf(c->msg, sizeof c->msg, "the body is larger than the limit of %" PRIu64 " bytes",
@@ -799,7 +896,7 @@ static int on_body(http_parser *p, const char *at, size_t n)
         c->reject = 413;
         return -1;
     }
-    if (c->op != OP_PUT)
+    if (!keep)
         return 0; /* a body on another method is read and ignored */
     if (c->body.len + n > c->reserved) { /* chunked: reserve as it grows */
         uint64_t more = c->body.len + n - c->reserved;
@@ -825,7 +922,7 @@ static int on_message_complete(http_parser *p)
     conn *c = p->data;
     c->in_msg = 0;
     c->t_complete_ns = uv_hrtime();
-    if (c->body.p == NULL && c->op == OP_PUT)
+    if (c->body.p == NULL && (c->op == OP_PUT || c->op == OP_BATCH))
         sb_add(&c->body, "", 0); /* an empty value: a valid pointer */
     dispatch(c);
     if (!c->dead && (c->job || c->wpaused || c->closing_write)) {
