@@ -21,14 +21,18 @@
 #include "s4kv.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
+#include <netdb.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -43,6 +47,8 @@ enum {
                         as much as from the command line, and scripts test 3) */
     EX_CORRUPT = 4,  /* S4KV_ECORRUPT: a checksum or structure check failed */
     EX_LOCKED = 5,   /* S4KV_ELOCKED: another process holds the writer lock */
+    EX_DAEMON = 100, /* internal, never an exit status: open_db met the lock
+                        with c->via_daemon set (the command goes to the daemon) */
 };
 
 #define OUT_BUF_BYTES (1u << 20)
@@ -92,6 +98,10 @@ typedef struct cli {
     const char *token;    /* --token, else $S4KV_SYNC_TOKEN */
     int insecure;         /* --insecure */
     const char *log_path; /* --log FILE; NULL = stderr */
+    /* a read-write open that meets the lock returns EX_DAEMON instead of
+       failing, with the engine's message in lock_err (put, delete) */
+    int via_daemon;
+    char lock_err[512];
 } cli;
 
 typedef struct command {
@@ -290,6 +300,19 @@ static const char HELP_GLOBAL[] =
     "Read-only commands (get, keys, scan, export, verify, stats) never create a\n"
     "database and run beside a writer; put, delete and import create DIR when\n"
     "it is missing; compact and rebuild-index need an existing database.\n"
+    "\n"
+    "With a sync daemon running on DIR ('s4kv sync', which holds the writer\n"
+    "lock and writes its address to DIR/SYNC_ADDR), put, get, delete and keys\n"
+    "talk to it over HTTP on loopback instead of failing on the lock: put and\n"
+    "delete when the read-write open finds the lock taken and SYNC_ADDR present\n"
+    "(delete KEY... is one atomic POST /v1/batch); get and keys whenever\n"
+    "SYNC_ADDR names a daemon that accepts a connection, so they read its newest\n"
+    "state (a SYNC_ADDR nobody answers on is ignored). The output and exit\n"
+    "statuses are the same as locally; a refusal names the daemon's address and\n"
+    "HTTP status (exit 3; 2 for a 400). The token, when the daemon has one:\n"
+    "$S4KV_SYNC_TOKEN, else DIR/SYNC_TOKEN (mode 0600, written by the daemon).\n"
+    "scan, export, verify and stats read the files (a read-only open works\n"
+    "beside the daemon).\n"
     "\n"
     "S3 (these options are also accepted after the command):\n"
     "  --s3 URL              s3://BUCKET/PREFIX/ holding the database (a missing\n"
@@ -568,7 +591,10 @@ static int open_db(cli *c, int writable, int create, int progress, s4kv_db **db)
         msg("%s", err);
     else if (rc == S4KV_ENOENT)
         msg("no database at %s (%s)", c->dir, detail(err, rc));
-    else if (rc == S4KV_ELOCKED)
+    else if (rc == S4KV_ELOCKED && writable && c->via_daemon) {
+        snprintf(c->lock_err, sizeof c->lock_err, "%s", detail(err, rc));
+        return EX_DAEMON;
+    } else if (rc == S4KV_ELOCKED)
         msg("database %s is locked by another writer (%s)", c->dir, detail(err, rc));
     else
         msg("cannot open the database at %s: %s", c->dir, detail(err, rc));
@@ -649,6 +675,574 @@ static int read_stdin_value(char **buf, size_t *len)
     return EX_OK;
 }
 
+/* ---- through a running sync daemon --------------------------------------- */
+
+/* While `s4kv sync` runs on DIR it holds the writer lock and records its
+ * HTTP address in DIR/SYNC_ADDR. Then:
+ *   put, delete   a read-write open fails with S4KV_ELOCKED; when SYNC_ADDR
+ *                 exists the command goes to the daemon instead (put: PUT
+ *                 /v1/kv/KEY; delete: one POST /v1/batch, so several keys
+ *                 stay one atomic batch).
+ *   get, keys     go to the daemon when SYNC_ADDR names one that accepts a
+ *                 connection (GET /v1/kv/KEY; GET /v1/keys?prefix=P): the
+ *                 daemon answers from its open index, so a get costs one
+ *                 loopback round trip instead of opening the database
+ *                 (loading the checkpoint and replaying the log tail), and
+ *                 reads see the daemon's newest state, the writes the
+ *                 previous commands made through it included. A SYNC_ADDR
+ *                 nobody answers on (a daemon killed -9) is ignored and
+ *                 the files are read as before.
+ *   scan, export, verify, stats and the other read-only commands keep
+ *                 reading the files with a read-only open (a snapshot as
+ *                 of the open), which works beside the daemon's lock.
+ * The client is a small blocking HTTP/1.1 client over a plain socket (one
+ * request per connection, "Connection: close"); the daemon always answers
+ * with Content-Length. The token, when the daemon wants one: $S4KV_SYNC_TOKEN,
+ * else DIR/SYNC_TOKEN (which `s4kv sync` writes, mode 0600, while it runs). */
+
+#define DAEMON_TIMEOUT_S 300
+
+typedef struct daemon_link {
+    char addr[128];       /* from SYNC_ADDR: "127.0.0.1:7070", "[::1]:7070" */
+    char *token;          /* NULL = none */
+    const char *token_src; /* "$S4KV_SYNC_TOKEN" or "DIR/SYNC_TOKEN" */
+    int fd;               /* a connection, or -1 */
+} daemon_link;
+
+typedef struct http_reply {
+    int status;
+    char *body;           /* malloc'd, NUL-terminated */
+    size_t blen;
+} http_reply;
+
+/* Reads a small file in DIR (its first line, without the newline) into buf.
+ * 1 = read, 0 = absent or unreadable. */
+static int dir_file_line(const cli *c, const char *name, char *buf, size_t cap)
+{
+    char path[PATH_MAX];
+    if ((size_t)snprintf(path, sizeof path, "%s/%s", c->dir, name) >= sizeof path)
+        return 0;
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    int ok = fgets(buf, (int)cap, f) != NULL;
+    fclose(f);
+    if (!ok)
+        return 0;
+    buf[strcspn(buf, "\r\n")] = 0;
+    return buf[0] != 0;
+}
+
+/* Connects to l->addr. 0, or -1 with errno set. */
+static int daemon_connect(daemon_link *l)
+{
+    char host[128];
+    const char *colon = strrchr(l->addr, ':');
+    if (!colon || colon == l->addr || (size_t)(colon - l->addr) >= sizeof host) {
+        errno = EINVAL;
+        return -1;
+    }
+    const char *h = l->addr;
+    size_t hl = (size_t)(colon - l->addr);
+    if (h[0] == '[' && hl >= 2 && h[hl - 1] == ']') {
+        h++;
+        hl -= 2;
+    }
+    memcpy(host, h, hl);
+    host[hl] = 0;
+    struct addrinfo hints, *res = NULL;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICSERV;
+    if (getaddrinfo(host, colon + 1, &hints, &res) != 0 || !res) {
+        errno = EINVAL;
+        return -1;
+    }
+    int fd = -1, e = ECONNREFUSED;
+    for (struct addrinfo *a = res; a; a = a->ai_next) {
+        fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+        if (fd < 0) {
+            e = errno;
+            continue;
+        }
+        if (connect(fd, a->ai_addr, a->ai_addrlen) == 0)
+            break;
+        e = errno;
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(res);
+    if (fd < 0) {
+        errno = e;
+        return -1;
+    }
+    struct timeval tv = {DAEMON_TIMEOUT_S, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    l->fd = fd;
+    return 0;
+}
+
+/* The token for l: $S4KV_SYNC_TOKEN, else DIR/SYNC_TOKEN, else none. */
+static void daemon_token(const cli *c, daemon_link *l)
+{
+    const char *env = getenv("S4KV_SYNC_TOKEN");
+    char buf[1024];
+    if (env && *env) {
+        l->token = strdup(env);
+        l->token_src = "$S4KV_SYNC_TOKEN";
+    } else if (dir_file_line(c, "SYNC_TOKEN", buf, sizeof buf)) {
+        l->token = strdup(buf);
+        l->token_src = "DIR/SYNC_TOKEN";
+    }
+}
+
+static void daemon_link_free(daemon_link *l)
+{
+    if (l->fd >= 0)
+        close(l->fd);
+    l->fd = -1;
+    free(l->token);
+    l->token = NULL;
+}
+
+/* Whether DIR/SYNC_ADDR names a daemon that accepts a connection; on 1, l
+ * is connected (free it with daemon_link_free). */
+static int daemon_probe(const cli *c, daemon_link *l)
+{
+    memset(l, 0, sizeof *l);
+    l->fd = -1;
+    if (!dir_file_line(c, "SYNC_ADDR", l->addr, sizeof l->addr))
+        return 0;
+    if (daemon_connect(l) != 0)
+        return 0;
+    daemon_token(c, l);
+    return 1;
+}
+
+/* Appends s[0..n) percent-encoded (all but unreserved characters). */
+static int pct_append(char **buf, size_t *len, size_t *cap, const void *s, size_t n)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    if (*len + 3 * n + 1 > *cap) {
+        size_t nc = *len + 3 * n + 1 + 256;
+        char *nb = realloc(*buf, nc);
+        if (!nb)
+            return -1;
+        *buf = nb;
+        *cap = nc;
+    }
+    const unsigned char *p = s;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = p[i];
+        if ((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
+            ch == '-' || ch == '.' || ch == '_' || ch == '~') {
+            (*buf)[(*len)++] = (char)ch;
+        } else {
+            (*buf)[(*len)++] = '%';
+            (*buf)[(*len)++] = hex[ch >> 4];
+            (*buf)[(*len)++] = hex[ch & 15];
+        }
+    }
+    (*buf)[*len] = 0;
+    return 0;
+}
+
+/* base + the key, percent-encoded (malloc'd; NULL out of memory). */
+static char *kv_path(const char *base, const void *key, size_t klen)
+{
+    size_t len = strlen(base), cap = len + 1;
+    char *p = malloc(cap);
+    if (!p)
+        return NULL;
+    memcpy(p, base, len + 1);
+    if (pct_append(&p, &len, &cap, key, klen) != 0) {
+        free(p);
+        return NULL;
+    }
+    return p;
+}
+
+static int send_all(int fd, const void *p, size_t n)
+{
+    const char *s = p;
+    while (n) {
+        ssize_t w = send(fd, s, n, MSG_NOSIGNAL);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return -1;
+        s += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+/* One request on l's connection (connecting first when it has none), the
+ * whole reply read. 0, or -1 with a message in err (the connection failed,
+ * timed out, or the reply was malformed or cut short). The connection is
+ * used up either way. */
+static int daemon_request(daemon_link *l, const char *method, const char *path,
+                          const void *body, size_t blen, http_reply *r, char *err, size_t errlen)
+{
+    memset(r, 0, sizeof *r);
+    if (l->fd < 0 && daemon_connect(l) != 0) {
+        snprintf(err, errlen, "cannot connect: %s", strerror(errno));
+        return -1;
+    }
+    char head[2048];
+    /* The path may be long (a 64 KiB key encodes to 192 KiB): sent apart. */
+    size_t plen = strlen(path);
+    int fd = l->fd;
+    l->fd = -1;
+    int sent = send_all(fd, method, strlen(method)) == 0 && send_all(fd, " ", 1) == 0 &&
+               send_all(fd, path, plen) == 0;
+    int hl = snprintf(head, sizeof head,
+                  " HTTP/1.1\r\nHost: %s\r\nUser-Agent: s4kv/%s\r\nContent-Length: %zu\r\n"
+                  "Connection: close\r\n", l->addr, S4KV_VERSION_STRING, blen);
+    sent = sent && send_all(fd, head, (size_t)hl) == 0;
+    if (sent && l->token) {
+        sent = send_all(fd, "Authorization: Bearer ", 22) == 0 &&
+               send_all(fd, l->token, strlen(l->token)) == 0 && send_all(fd, "\r\n", 2) == 0;
+    }
+    sent = sent && send_all(fd, "\r\n", 2) == 0 && (blen == 0 || send_all(fd, body, blen) == 0);
+    int send_errno = sent ? 0 : errno;
+    /* Read the reply even when sending failed: the daemon may have answered
+     * (413) and closed before taking the whole body. */
+    size_t cap = 16384, n = 0;
+    char *buf = malloc(cap);
+    if (!buf) {
+        close(fd);
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    for (;;) {
+        if (n + 1 >= cap) {
+            char *nb = realloc(buf, cap * 2);
+            if (!nb) {
+                free(buf);
+                close(fd);
+                snprintf(err, errlen, "out of memory reading the reply");
+                return -1;
+            }
+            buf = nb;
+            cap *= 2;
+        }
+        ssize_t g = recv(fd, buf + n, cap - n - 1, 0);
+        if (g < 0 && errno == EINTR)
+            continue;
+        if (g < 0) {
+            int e = errno;
+            free(buf);
+            close(fd);
+            if (e == EAGAIN || e == EWOULDBLOCK)
+                snprintf(err, errlen, "no reply within %d s", DAEMON_TIMEOUT_S);
+            else if (send_errno)
+                snprintf(err, errlen, "sending the request: %s", strerror(send_errno));
+            else
+                snprintf(err, errlen, "reading the reply: %s", strerror(e));
+            return -1;
+        }
+        if (g == 0)
+            break;
+        n += (size_t)g;
+    }
+    close(fd);
+    buf[n] = 0;
+    char *end = strstr(buf, "\r\n\r\n");
+    int st = 0;
+    if (n == 0 || !end || sscanf(buf, "HTTP/1.%*d %d", &st) != 1 || st < 100 || st > 599) {
+        free(buf);
+        if (n == 0 && send_errno)
+            snprintf(err, errlen, "sending the request: %s", strerror(send_errno));
+        else
+            snprintf(err, errlen, n ? "a malformed reply" : "the connection closed without a reply");
+        return -1;
+    }
+    *end = 0;
+    const char *cl = strcasestr(buf, "\r\nContent-Length:");
+    size_t off = (size_t)(end + 4 - buf), want = n - off;
+    if (cl) {
+        unsigned long long v = strtoull(cl + 17, NULL, 10);
+        if (v > n - off) {
+            free(buf);
+            snprintf(err, errlen, "the reply was cut short (%zu of %llu body bytes)", n - off, v);
+            return -1;
+        }
+        want = (size_t)v;
+    }
+    memmove(buf, buf + off, want);
+    buf[want] = 0;
+    r->status = st;
+    r->body = buf;
+    r->blen = want;
+    return 0;
+}
+
+/* The reason phrase of the statuses the daemon sends. */
+static const char *http_reason(int st)
+{
+    switch (st) {
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 413: return "Content Too Large";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 503: return "Service Unavailable";
+    case 507: return "Insufficient Storage";
+    default: return "";
+    }
+}
+
+/* Reports a reply other than the expected one; returns the exit status
+ * (400: EX_USAGE, as the engine's EINVAL locally; else EX_ERR). what names
+ * the operation ("put 'k'"). */
+static int daemon_status_error(const cli *c, const daemon_link *l, const char *what,
+                               const http_reply *r)
+{
+    char text[512];
+    size_t n = r->blen < sizeof text - 1 ? r->blen : sizeof text - 1;
+    memcpy(text, r->body ? r->body : "", n);
+    text[n] = 0;
+    text[strcspn(text, "\r\n")] = 0;
+    if (r->status == 401) {
+        if (l->token)
+            msg("%s: the sync daemon at %s (%s/SYNC_ADDR) answered %d %s: the token from %s "
+                "was refused", what, l->addr, c->dir, r->status, http_reason(r->status),
+                l->token_src);
+        else
+            msg("%s: the sync daemon at %s (%s/SYNC_ADDR) answered %d %s: it needs a token; "
+                "set $S4KV_SYNC_TOKEN (%s/SYNC_TOKEN, which the daemon writes, is missing)",
+                what, l->addr, c->dir, r->status, http_reason(r->status), c->dir);
+        return EX_ERR;
+    }
+    msg("%s: the sync daemon at %s (%s/SYNC_ADDR) answered %d %s%s%s", what, l->addr, c->dir,
+        r->status, http_reason(r->status), text[0] ? ": " : "", text);
+    return r->status == 400 ? EX_USAGE : EX_ERR;
+}
+
+/* A request that got no reply: which daemon, and why. */
+static int daemon_io_error(const cli *c, const daemon_link *l, const char *what, const char *err)
+{
+    msg("%s: the sync daemon at %s (%s/SYNC_ADDR): %s", what, l->addr, c->dir, err);
+    return EX_ERR;
+}
+
+/* After a read-write open failed with S4KV_ELOCKED (lock_err: the engine's
+ * message): 1 with l set up when DIR/SYNC_ADDR names a daemon that accepts
+ * a connection, else 0 after printing the lock error (exit EX_LOCKED). */
+static int daemon_after_lock(const cli *c, const char *lock_err, daemon_link *l)
+{
+    if (daemon_probe(c, l))
+        return 1;
+    if (l->addr[0])
+        msg("database %s is locked by another writer (%s); %s/SYNC_ADDR names %s, which does "
+            "not accept connections (%s)", c->dir, lock_err, c->dir, l->addr, strerror(errno));
+    else
+        msg("database %s is locked by another writer (%s)", c->dir, lock_err);
+    return 0;
+}
+
+static int daemon_put(cli *c, daemon_link *l, const char *key, const void *val, size_t vlen)
+{
+    char q[256], err[512];
+    fmt_quote(q, sizeof q, key, strlen(key));
+    char what[300];
+    snprintf(what, sizeof what, "put %s", q);
+    char *path = kv_path("/v1/kv/", key, strlen(key));
+    if (!path) {
+        msg("put: out of memory");
+        return EX_ERR;
+    }
+    http_reply r;
+    int st = EX_OK;
+    if (daemon_request(l, "PUT", path, val, vlen, &r, err, sizeof err) != 0)
+        st = daemon_io_error(c, l, what, err);
+    else if (r.status != 204 && r.status != 200)
+        st = daemon_status_error(c, l, what, &r);
+    free(r.body);
+    free(path);
+    return st;
+}
+
+static int daemon_get(cli *c, daemon_link *l, const char *key)
+{
+    char q[256], err[512];
+    fmt_quote(q, sizeof q, key, strlen(key));
+    char what[300];
+    snprintf(what, sizeof what, "get %s", q);
+    char *path = kv_path("/v1/kv/", key, strlen(key));
+    if (!path) {
+        msg("get: out of memory");
+        return EX_ERR;
+    }
+    http_reply r;
+    int st = EX_OK;
+    if (daemon_request(l, "GET", path, NULL, 0, &r, err, sizeof err) != 0) {
+        st = daemon_io_error(c, l, what, err);
+    } else if (r.status == 404) {
+        msg("key %s not found", q);
+        st = EX_NOTFOUND;
+    } else if (r.status != 200) {
+        st = daemon_status_error(c, l, what, &r);
+    } else if (r.blen && fwrite(r.body, 1, r.blen, stdout) != r.blen) {
+        st = out_error();
+    } else {
+        st = out_flush();
+    }
+    free(r.body);
+    free(path);
+    return st;
+}
+
+static void put_le32(unsigned char *p, uint32_t v)
+{
+    p[0] = (unsigned char)v;
+    p[1] = (unsigned char)(v >> 8);
+    p[2] = (unsigned char)(v >> 16);
+    p[3] = (unsigned char)(v >> 24);
+}
+
+/* delete KEY...: one POST /v1/batch of deletes (the framing in sync/http.c). */
+static int daemon_delete(cli *c, daemon_link *l)
+{
+    size_t n = 0;
+    for (int i = 0; i < c->npos; i++)
+        n += 9 + strlen(c->pos[i]);
+    unsigned char *body = malloc(n ? n : 1), *p = body;
+    if (!body) {
+        msg("delete: out of memory");
+        return EX_ERR;
+    }
+    for (int i = 0; i < c->npos; i++) {
+        size_t kl = strlen(c->pos[i]);
+        *p = 2;
+        put_le32(p + 1, (uint32_t)kl);
+        put_le32(p + 5, 0);
+        memcpy(p + 9, c->pos[i], kl);
+        p += 9 + kl;
+    }
+    char q[256], err[512], what[320];
+    snprintf(what, sizeof what, "delete %s%s",
+             fmt_quote(q, sizeof q, c->pos[0], strlen(c->pos[0])),
+             c->npos > 1 ? " and the other keys" : "");
+    http_reply r;
+    int st = EX_OK;
+    if (daemon_request(l, "POST", "/v1/batch", body, n, &r, err, sizeof err) != 0)
+        st = daemon_io_error(c, l, what, err);
+    else if (r.status != 204 && r.status != 200)
+        st = daemon_status_error(c, l, what, &r);
+    free(r.body);
+    free(body);
+    return st;
+}
+
+/* Writes one key as `keys` does: a tsv-escaped line, or raw and
+ * NUL-terminated (kind OUT_KEY_NUL). 0 or a FMT_E* code (message printed
+ * for FMT_EDATA). */
+static int write_key(int nul0, const void *key, size_t klen)
+{
+    char q[256];
+    if (!nul0) {
+        int w = fmt_write_tsv_field(stdout, key, klen);
+        if (w == 0 && putchar('\n') == EOF)
+            w = FMT_EIO;
+        return w;
+    }
+    if (memchr(key, 0, klen)) {
+        msg("keys: key %s holds a NUL byte, which -0 cannot carry "
+            "(use keys without -0, or export --format jsonl)",
+            fmt_quote(q, sizeof q, key, klen));
+        return FMT_EDATA;
+    }
+    if (fwrite(key, 1, klen, stdout) != klen || putchar('\0') == EOF)
+        return FMT_EIO;
+    return 0;
+}
+
+static int hexdig(int ch)
+{
+    if (ch >= '0' && ch <= '9')
+        return ch - '0';
+    if (ch >= 'a' && ch <= 'f')
+        return ch - 'a' + 10;
+    if (ch >= 'A' && ch <= 'F')
+        return ch - 'A' + 10;
+    return -1;
+}
+
+/* keys [--prefix P] [-0]: GET /v1/keys?prefix=P, one percent-encoded key per
+ * line, decoded and written as locally. */
+static int daemon_keys(cli *c, daemon_link *l)
+{
+    const char *prefix = c->prefix ? c->prefix : "";
+    char err[512];
+    char *path = kv_path("/v1/keys?prefix=", prefix, strlen(prefix));
+    if (!path) {
+        msg("keys: out of memory");
+        return EX_ERR;
+    }
+    http_reply r;
+    int st = EX_OK;
+    if (daemon_request(l, "GET", path, NULL, 0, &r, err, sizeof err) != 0) {
+        st = daemon_io_error(c, l, "keys", err);
+        free(path);
+        return st;
+    }
+    free(path);
+    if (r.status != 200) {
+        st = daemon_status_error(c, l, "keys", &r);
+        free(r.body);
+        return st;
+    }
+    setvbuf(stdout, NULL, _IOFBF, OUT_BUF_BYTES);
+    char *line = r.body, *end = r.body + r.blen;
+    while (line < end) {
+        char *nl = memchr(line, '\n', (size_t)(end - line));
+        if (!nl) {
+            msg("keys: the sync daemon at %s sent a key list without its last newline", l->addr);
+            st = EX_ERR;
+            break;
+        }
+        /* Decode in place (the encoding is never shorter). */
+        size_t k = 0;
+        int bad = 0;
+        for (char *s = line; s < nl; s++) {
+            if (*s != '%') {
+                line[k++] = *s;
+                continue;
+            }
+            int a = s + 1 < nl ? hexdig((unsigned char)s[1]) : -1;
+            int b = s + 2 < nl ? hexdig((unsigned char)s[2]) : -1;
+            if (a < 0 || b < 0) {
+                bad = 1;
+                break;
+            }
+            line[k++] = (char)(a * 16 + b);
+            s += 2;
+        }
+        if (bad) {
+            msg("keys: the sync daemon at %s sent a malformed key", l->addr);
+            st = EX_ERR;
+            break;
+        }
+        int w = write_key(c->nul0, line, k);
+        if (w) {
+            st = w == FMT_EIO ? out_error() : EX_ERR;
+            break;
+        }
+        line = nl + 1;
+    }
+    free(r.body);
+    if (st == EX_OK)
+        st = out_flush();
+    return st;
+}
+
 /* ---- put, get, delete --------------------------------------------------- */
 
 static int cmd_put(cli *c)
@@ -669,7 +1263,14 @@ static int cmd_put(cli *c)
         return EX_USAGE;
     }
     s4kv_db *db;
+    c->via_daemon = 1;
     if ((st = s3_prepare_write(c, 0)) || (st = open_db(c, 1, 1, 0, &db))) {
+        if (st == EX_DAEMON) {
+            daemon_link l;
+            st = daemon_after_lock(c, c->lock_err, &l) ? daemon_put(c, &l, key, val, vlen)
+                                                      : EX_LOCKED;
+            daemon_link_free(&l);
+        }
         free(stdin_val);
         return st;
     }
@@ -693,6 +1294,12 @@ static int cmd_get(cli *c)
     int st = check_arg_key(c, key);
     if (st)
         return st;
+    daemon_link l;
+    if (daemon_probe(c, &l)) {
+        st = daemon_get(c, &l, key);
+        daemon_link_free(&l);
+        return st;
+    }
     s4kv_db *db;
     if ((st = open_db(c, 0, 0, 0, &db)))
         return st;
@@ -737,8 +1344,14 @@ static int cmd_delete(cli *c)
         }
     }
     s4kv_db *db;
+    c->via_daemon = 1;
     if ((st = s3_prepare_write(c, 0)) || (st = open_db(c, 1, 1, 0, &db))) {
         s4kv_batch_free(b);
+        if (st == EX_DAEMON) {
+            daemon_link l;
+            st = daemon_after_lock(c, c->lock_err, &l) ? daemon_delete(c, &l) : EX_LOCKED;
+            daemon_link_free(&l);
+        }
         return st;
     }
     char err[512] = "";
@@ -775,7 +1388,7 @@ static int iterate_out(cli *c, out_kind kind, fmt_format f)
     setvbuf(stdout, NULL, _IOFBF, OUT_BUF_BYTES);
     unsigned flags = S4KV_ITER_SORTED | (kind == OUT_RECORD ? 0 : S4KV_ITER_KEYS_ONLY);
     const char *prefix = c->prefix ? c->prefix : "";
-    char err[512] = "", q[256];
+    char err[512] = "";
     s4kv_iter *it = NULL;
     int rc = s4kv_iter_new(db, prefix, strlen(prefix), flags, &it, err, sizeof err);
     if (rc) {
@@ -805,19 +1418,8 @@ static int iterate_out(cli *c, out_kind kind, fmt_format f)
         int w = 0;
         switch (kind) {
         case OUT_KEY_LINE:
-            w = fmt_write_tsv_field(stdout, key, klen);
-            if (w == 0 && putchar('\n') == EOF)
-                w = FMT_EIO;
-            break;
         case OUT_KEY_NUL:
-            if (memchr(key, 0, klen)) {
-                msg("keys: key %s holds a NUL byte, which -0 cannot carry "
-                    "(use keys without -0, or export --format jsonl)",
-                    fmt_quote(q, sizeof q, key, klen));
-                w = FMT_EDATA;
-            } else if (fwrite(key, 1, klen, stdout) != klen || putchar('\0') == EOF) {
-                w = FMT_EIO;
-            }
+            w = write_key(kind == OUT_KEY_NUL, key, klen);
             break;
         case OUT_RECORD:
             w = fmt_write(stdout, f, key, klen, val, vlen, err, sizeof err);
@@ -845,6 +1447,12 @@ static int iterate_out(cli *c, out_kind kind, fmt_format f)
 
 static int cmd_keys(cli *c)
 {
+    daemon_link l;
+    if (daemon_probe(c, &l)) {
+        int st = daemon_keys(c, &l);
+        daemon_link_free(&l);
+        return st;
+    }
     return iterate_out(c, c->nul0 ? OUT_KEY_NUL : OUT_KEY_LINE, FMT_TSV);
 }
 
@@ -1284,6 +1892,52 @@ static int parse_duration_ms(const char *s, uint32_t *out)
     return 0;
 }
 
+/* DIR/SYNC_TOKEN: the daemon's token, mode 0600, for the CLI on the same
+ * machine (put, get, delete and keys read it when $S4KV_SYNC_TOKEN is not
+ * set). Written under the writer lock, before SYNC_ADDR appears, through a
+ * temporary file and a rename; removed when the daemon exits. 0 or -1
+ * (message printed). */
+static int sync_token_write(const cli *c, const char *token)
+{
+    char path[PATH_MAX], tmp[PATH_MAX];
+    if ((size_t)snprintf(path, sizeof path, "%s/SYNC_TOKEN", c->dir) >= sizeof path ||
+        (size_t)snprintf(tmp, sizeof tmp, "%s/SYNC_TOKEN.tmp", c->dir) >= sizeof tmp) {
+        msg("sync: the path of %s/SYNC_TOKEN is too long", c->dir);
+        return -1;
+    }
+    unlink(tmp);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        msg("sync: cannot create %s: %s", tmp, strerror(errno));
+        return -1;
+    }
+    size_t n = strlen(token);
+    int ok = fchmod(fd, 0600) == 0 && write(fd, token, n) == (ssize_t)n &&
+             write(fd, "\n", 1) == 1;
+    int e = errno;
+    if (close(fd) != 0 && ok) {
+        ok = 0;
+        e = errno;
+    }
+    if (ok && rename(tmp, path) != 0) {
+        ok = 0;
+        e = errno;
+    }
+    if (!ok) {
+        unlink(tmp);
+        msg("sync: cannot write %s: %s", path, strerror(e));
+        return -1;
+    }
+    return 0;
+}
+
+static void sync_token_remove(const cli *c)
+{
+    char path[PATH_MAX];
+    if ((size_t)snprintf(path, sizeof path, "%s/SYNC_TOKEN", c->dir) < sizeof path)
+        unlink(path);
+}
+
 static int cmd_sync(cli *c)
 {
     int st = need_s3(c);
@@ -1346,6 +2000,14 @@ static int cmd_sync(cli *c)
             msg("cannot open the database at %s: %s", c->dir, detail(err, rc));
         st = exit_for(rc);
     }
+    int token_file = 0;
+    if (st == EX_OK && so.token) {
+        if (sync_token_write(c, so.token) != 0) {
+            st = EX_ERR;
+        } else {
+            token_file = 1;
+        }
+    }
     if (st == EX_OK) {
         rc = s4kv_sync_start(db, &so, &loop, err, sizeof err);
         if (rc) {
@@ -1379,6 +2041,8 @@ static int cmd_sync(cli *c)
             st = exit_for(rc);
         }
     }
+    if (token_file)
+        sync_token_remove(c);
     if (db)
         st = close_db(c, db, st);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
@@ -1395,18 +2059,26 @@ static const command COMMANDS[] = {
       "Stores VALUE under KEY (one atomic write). VALUE '-' reads the value\n"
       "from stdin, binary safe, up to 256 MiB (so a literal value '-' must come\n"
       "through stdin). Creates the database when DIR is missing. With --s3,\n"
-      "uploads after the write (see 's4kv --help').\n", 0 },
+      "uploads after the write (see 's4kv --help'). When a sync daemon holds\n"
+      "DIR's lock (DIR/SYNC_ADDR exists), sends PUT /v1/kv/KEY to it instead\n"
+      "(the daemon refuses values over its 64 MiB body limit: 413); the token\n"
+      "comes from $S4KV_SYNC_TOKEN, else DIR/SYNC_TOKEN.\n", 0 },
     { "get", cmd_get, 0, 1, 1, "get KEY",
       "Writes KEY's value to stdout, raw, with nothing added. An absent key\n"
       "exits 1 with a message on stderr. With --s3 and no database in DIR, the\n"
-      "value comes from S3 with one ranged GET, checked by its checksum.\n", 0 },
+      "value comes from S3 with one ranged GET, checked by its checksum. When\n"
+      "DIR/SYNC_ADDR names a running sync daemon, asks it (GET /v1/kv/KEY): one\n"
+      "round trip, and the daemon's newest state.\n", 0 },
     { "delete", cmd_delete, 0, 1, -1, "delete KEY...",
       "Deletes the keys in one atomic batch. Absent keys are not an error\n"
-      "(exit 0), as with s4kv_delete. With --s3, uploads after the write.\n", 0 },
+      "(exit 0), as with s4kv_delete. With --s3, uploads after the write. When\n"
+      "a sync daemon holds DIR's lock, sends it one POST /v1/batch of deletes,\n"
+      "so the keys still go in one atomic batch.\n", 0 },
     { "keys", cmd_keys, OPT_PREFIX | OPT_NUL0, 0, 0, "keys [--prefix P] [-0]",
       "Lists the live keys in key order, one per line with the tsv escaping\n"
       "(\\\\ \\t \\n \\r \\0), or raw and NUL-terminated with -0 (a key holding a\n"
-      "NUL byte is then an error).\n\nOptions:\n"
+      "NUL byte is then an error). When DIR/SYNC_ADDR names a running sync\n"
+      "daemon, asks it (GET /v1/keys?prefix=P); the output is the same.\n\nOptions:\n"
       "  --prefix P     only keys that start with P\n"
       "  -0, --null     NUL-terminated raw keys\n", 1 },
     { "scan", cmd_scan, OPT_PREFIX | OPT_JSON, 0, 0, "scan [--prefix P] [--json]",
@@ -1495,11 +2167,21 @@ static const command COMMANDS[] = {
       "    (and at least 1 MiB), then uploads; writers wait meanwhile, and the\n"
       "    pause is in /metrics.\n"
       "  - serves HTTP/1.1 on --listen: GET/PUT/DELETE /v1/kv/KEY (raw bytes,\n"
-      "    percent-encoded key; a bad escape is 400), GET /v1/keys?prefix=P (one\n"
-      "    percent-encoded key per line, a JSON array with Accept:\n"
-      "    application/json), GET /healthz, GET /metrics (Prometheus). Bodies\n"
-      "    over 64 MiB get 413, unknown routes 404, wrong methods 405.\n"
-      "The bound address goes to DIR/SYNC_ADDR while it runs. SIGINT or SIGTERM:\n"
+      "    percent-encoded key; a bad escape is 400), POST /v1/batch (below),\n"
+      "    GET /v1/keys?prefix=P (one percent-encoded key per line, a JSON array\n"
+      "    with Accept: application/json), GET /healthz, GET /metrics\n"
+      "    (Prometheus). Bodies over 64 MiB get 413, unknown routes 404, wrong\n"
+      "    methods 405.\n"
+      "POST /v1/batch: puts and deletes committed as one atomic write (204). The\n"
+      "body is one or more records back to back, each\n"
+      "    op u8 (1 put, 2 delete) | key length u32 LE (1..65535) |\n"
+      "    value length u32 LE (0..256 MiB; 0 for a delete) | key | value\n"
+      "A malformed body (unknown op, a bad length, a record cut short, nothing\n"
+      "at all) is 400 naming the record and its byte offset, and writes nothing.\n"
+      "The bound address goes to DIR/SYNC_ADDR while it runs, and the token (from\n"
+      "--token or $S4KV_SYNC_TOKEN) to DIR/SYNC_TOKEN, mode 0600, removed at exit:\n"
+      "'s4kv put/get/delete/keys' on DIR then go through the daemon (see\n"
+      "'s4kv --help'). SIGINT or SIGTERM:\n"
       "stops accepting, finishes requests in flight, uploads a last time and\n"
       "exits 0 (3 when that upload fails: the writes stay in DIR). SIGHUP\n"
       "reopens the --log file.\n\nOptions:\n"
@@ -1516,7 +2198,8 @@ static const command COMMANDS[] = {
       "                     non-loopback address needs --token or --insecure\n"
       "  --token T          require \"Authorization: Bearer T\" on every request\n"
       "                     but /healthz (default: $S4KV_SYNC_TOKEN, which keeps\n"
-      "                     it out of the process list)\n"
+      "                     it out of the process list); also written to\n"
+      "                     DIR/SYNC_TOKEN (0600) for the CLI while it runs\n"
       "  --insecure         allow a non-loopback --listen without a token\n"
       "  --log FILE         append the log to FILE instead of stderr\n", 0 },
 };
