@@ -162,3 +162,62 @@ install: all
 
 clean:
 	rm -rf build build-san
+
+# ---- Fuzzing (libFuzzer; the targets are fuzz/fuzz_*.c). `make fuzz` builds every target
+# in fuzz/ with clang -fsanitize=fuzzer,address,undefined against the library
+# sources and runs each for FUZZ_SECONDS on its seed corpus (fuzz/corpus/T,
+# copied to build-fuzz/corpus/T so the seeds in git stay small); crashes
+# land in build-fuzz/crashes/T/. FUZZ_TARGETS picks some; `make fuzz-deps`
+# installs clang's fuzzer runtime (as root).
+FUZZ_CC ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_B := build-fuzz
+FUZZ_SAN := -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+FUZZ_CFLAGS = -std=c11 -D_GNU_SOURCE -O1 -g -Ikv -Iindex -Isync -Itools $(FUZZ_SAN) $(PKG_CFLAGS)
+FUZZ_ALL := $(patsubst fuzz/%.c,%,$(wildcard fuzz/fuzz_*.c))
+FUZZ_TARGETS ?= $(FUZZ_ALL)
+FUZZ_LIBOBJ := $(patsubst %.c,$(FUZZ_B)/obj/%.o,$(LIB_SRC) tools/format.c)
+
+.PHONY: fuzz fuzz-build fuzz-deps
+
+fuzz-deps:
+	@if ! echo 'int LLVMFuzzerTestOneInput(const char *d, long n){return 0;}' | \
+		$(FUZZ_CC) -x c -fsanitize=fuzzer - -o /dev/null 2>/dev/null; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang libclang-rt-14-dev; \
+		else echo "clang with -fsanitize=fuzzer missing (run 'sudo make fuzz-deps')" >&2; exit 1; fi; \
+	fi
+
+$(FUZZ_B)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -MMD -MP -c $< -o $@
+
+# tools/format.c puts a declaration right after a case label (C23; gcc takes
+# it, clang 14 does not): clang compiles a copy with an empty statement
+# after each bare case label, which changes nothing else.
+$(FUZZ_B)/obj/tools/format.o: tools/format.c
+	@mkdir -p $(FUZZ_B)/src $(dir $@)
+	sed -E 's/^([[:space:]]*case [A-Za-z0-9_]+:)[[:space:]]*$$/\1;/' $< > $(FUZZ_B)/src/format.c
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -MMD -MP -MT $@ -c $(FUZZ_B)/src/format.c -o $@
+
+-include $(FUZZ_LIBOBJ:.o=.d) $(FUZZ_ALL:%=$(FUZZ_B)/obj/fuzz/%.d)
+
+$(FUZZ_B)/fuzz_%: $(FUZZ_B)/obj/fuzz/fuzz_%.o $(FUZZ_LIBOBJ)
+	$(FUZZ_CC) -fsanitize=fuzzer,address,undefined -o $@ $^ $(LIB_LIBS) $(CLI_LIBS)
+
+fuzz-build: fuzz-deps deps
+	$(MAKE) --no-print-directory $(FUZZ_TARGETS:%=$(FUZZ_B)/%)
+
+fuzz: fuzz-build
+	@fail=0; for t in $(FUZZ_TARGETS); do \
+		mkdir -p $(FUZZ_B)/corpus/$$t $(FUZZ_B)/crashes/$$t; \
+		[ -d fuzz/corpus/$$t ] && cp -n fuzz/corpus/$$t/* $(FUZZ_B)/corpus/$$t/ 2>/dev/null; \
+		echo "== $$t ($(FUZZ_SECONDS) s)"; \
+		$(FUZZ_B)/$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -max_len=65536 \
+			-artifact_prefix=$(FUZZ_B)/crashes/$$t/ $(FUZZ_B)/corpus/$$t \
+			> $(FUZZ_B)/$$t.log 2>&1; rc=$$?; \
+		grep -E '^stat::number_of_executed_units|^stat::peak_rss_mb' $(FUZZ_B)/$$t.log | \
+			sed "s/^/  /"; \
+		if [ $$rc != 0 ]; then fail=1; echo "  FAILED (exit $$rc): see $(FUZZ_B)/$$t.log"; \
+			grep -E 'ERROR: |SUMMARY: |Test unit written' $(FUZZ_B)/$$t.log | sed "s/^/  /"; fi; \
+	done; exit $$fail
