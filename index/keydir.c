@@ -23,8 +23,10 @@
  *   1.5x, i.e. 9.4..14 bytes) + 14 + 0..3 pad + the key, times the arena's
  *   growth slack (realloc by 1.5x). Measured with 16-byte keys (the keydir
  *   test logs it): 1M keys grown from empty 45.3 bytes a key in all (29.3 +
- *   key), 41.4 (25.4 + key) when sized up front as checkpoint loading does;
- *   10M keys grown from empty 51.5. Bitcask's keydir: 44.5 + key.
+ *   key), 41.4 (25.4 + key) when sized up front; 42.4 after a checkpoint
+ *   load (table sized for the count, arena reserved for the exact key bytes
+ *   plus up to 3 pad bytes a key); 10M keys grown from empty 51.5. Bitcask's
+ *   keydir: 44.5 + key.
  *
  * Invariants
  *   - Linear probing without tombstones: each entry sits at its home slot or
@@ -38,6 +40,13 @@
  *     delete.
  *   - Every failing allocation happens before the first change, so a put
  *     that returns -1 leaves the entries as they were (capacity may differ).
+ *   - Hash order (checkpoints): the slot order is the order of the folded
+ *     hash up to reordering inside a cluster and the wrap at the table's
+ *     end, so keydir_walk sorts only clusters, and keydir_put_sorted fills
+ *     an empty table front to back: each key goes to max(home, sfill), the
+ *     slot after the previous one or its home, exactly where a probe looks
+ *     first. Keys out of order, growth, deletes and ordinary puts end the
+ *     sorted fill (sfill = NO_FILL) and later keys probe as usual.
  *
  * Limits: table <= 2^32 slots, arena < 16 GiB (about 500M keys of 16 bytes);
  * past them put returns -1 as if out of memory. The table never shrinks.
@@ -71,7 +80,15 @@ struct keydir {
     uint8_t *arena;
     size_t alen, acap, adead; /* bytes used, allocated, unreferenced */
     keydir_hash_fn hash;
+    /* Bulk load in hash order (keydir_put_sorted): while sfill != NO_FILL,
+     * every slot at or after sfill is empty and the keys came in ascending
+     * order of their hash, the last one being slast. */
+    size_t sfill;
+    uint32_t slast;
+    int marked; /* keydir_mark; cleared by every change */
 };
+
+#define NO_FILL SIZE_MAX
 
 /* ---- small helpers */
 
@@ -120,6 +137,22 @@ static void ent_set_loc(uint8_t *e, keydir_loc loc)
     memcpy(e, &loc.seg, 4);
     memcpy(e + 4, &loc.off, 4);
     memcpy(e + 8, &loc.len, 4);
+}
+
+/* Writes a new entry (sz = ent_size(klen) bytes, reserved) at the arena's
+ * end; returns its ref. */
+static uint32_t append_entry(keydir *kd, const void *key, size_t klen, keydir_loc loc,
+                             size_t sz)
+{
+    uint8_t *e = kd->arena + kd->alen;
+    uint16_t k16 = (uint16_t)klen;
+    ent_set_loc(e, loc);
+    memcpy(e + 12, &k16, 2);
+    memcpy(e + ENT_HDR, key, klen);
+    memset(e + ENT_HDR + klen, 0, sz - ENT_HDR - klen);
+    uint32_t ref = (uint32_t)(kd->alen / UNIT);
+    kd->alen += sz;
+    return ref;
 }
 
 static size_t max_count_for(size_t cap)
@@ -195,6 +228,7 @@ static int grow_table(keydir *kd)
     kd->tab = ntab;
     kd->cap = ncap;
     kd->max_count = max_count_for(ncap);
+    kd->sfill = NO_FILL;
     return 0;
 }
 
@@ -336,6 +370,7 @@ int keydir_put(keydir *kd, const void *key, size_t klen, keydir_loc loc,
     uint32_t h = key_hash(kd, key, klen);
     int found;
     size_t i = probe(kd, key, klen, h, &found);
+    kd->marked = 0;
     if (found) {
         uint8_t *e = ent_at(kd, kd->tab[i].ref);
         if (old)
@@ -351,16 +386,51 @@ int keydir_put(keydir *kd, const void *key, size_t klen, keydir_loc loc,
             return -1;
         i = free_slot(kd->tab, kd->cap, h);
     }
-    uint8_t *e = kd->arena + kd->alen;
-    uint16_t k16 = (uint16_t)klen;
-    ent_set_loc(e, loc);
-    memcpy(e + 12, &k16, 2);
-    memcpy(e + ENT_HDR, key, klen);
-    memset(e + ENT_HDR + klen, 0, sz - ENT_HDR - klen);
+    kd->sfill = NO_FILL;
     kd->tab[i].h = h;
-    kd->tab[i].ref = (uint32_t)(kd->alen / UNIT);
-    kd->alen += sz;
+    kd->tab[i].ref = append_entry(kd, key, klen, loc, sz);
     kd->count++;
+    return 0;
+}
+
+int keydir_put_sorted(keydir *kd, const void *key, size_t klen, keydir_loc loc)
+{
+    if (klen == 0 || klen > KEY_MAX)
+        return -1;
+    uint32_t h = key_hash(kd, key, klen);
+    if (kd->sfill == NO_FILL || h < kd->slast || kd->count + 1 > kd->max_count)
+        return keydir_put(kd, key, klen, loc, NULL);
+    kd->marked = 0;
+    if (h == kd->slast && kd->count > 0) {
+        /* keys with equal hashes sit side by side: this may repeat one */
+        int found;
+        size_t i = probe(kd, key, klen, h, &found);
+        if (found) {
+            ent_set_loc(ent_at(kd, kd->tab[i].ref), loc);
+            return 1;
+        }
+    }
+    size_t sz = ent_size(klen);
+    if (arena_reserve(kd, sz) < 0)
+        return -1;
+    /* Every key so far hashed no higher, so its home is at or before this
+     * one's and the slots from the cluster's start up to sfill are taken:
+     * the first free slot from home is max(home, sfill), unless that runs
+     * off the end, where the probe wraps to the start of the table like
+     * any other. */
+    size_t i = home_of(h, kd->cap);
+    if (i < kd->sfill)
+        i = kd->sfill;
+    if (i >= kd->cap) {
+        i = free_slot(kd->tab, kd->cap, h);
+        kd->sfill = kd->cap;
+    } else {
+        kd->sfill = i + 1;
+    }
+    kd->tab[i].h = h;
+    kd->tab[i].ref = append_entry(kd, key, klen, loc, sz);
+    kd->count++;
+    kd->slast = h;
     return 0;
 }
 
@@ -375,6 +445,8 @@ int keydir_del(keydir *kd, const void *key, size_t klen, keydir_loc *old)
     uint8_t *e = ent_at(kd, kd->tab[i].ref);
     if (old)
         ent_get_loc(e, old);
+    kd->marked = 0;
+    kd->sfill = NO_FILL;
     kd->adead += ent_size(klen);
     /* Mark the arena entry dead for walks in arena order: key length 0 (a
      * live entry never has one), its real length kept in the seg field so the
@@ -404,6 +476,7 @@ int keydir_cas(keydir *kd, const void *key, size_t klen, keydir_loc expect,
     if (cur.seg != expect.seg || cur.off != expect.off || cur.len != expect.len)
         return 0;
     ent_set_loc(e, repl);
+    kd->marked = 0;
     return 1;
 }
 
@@ -442,4 +515,203 @@ int keydir_next(const keydir *kd, size_t *pos, const void **key, size_t *klen,
     }
     *pos = kd->alen;
     return 0;
+}
+
+int keydir_reserve(keydir *kd, size_t keys, size_t key_bytes)
+{
+    if (keys >= MAX_CAP || key_bytes >= ARENA_MAX)
+        return -1;
+    size_t want = kd->count + keys;
+    if (want > kd->max_count) {
+        if (kd->count == 0) { /* nothing to rehash: a table of the final size */
+            size_t ncap = cap_for(want);
+            slot *ntab = calloc(ncap, sizeof(slot));
+            if (!ntab)
+                return -1;
+            free(kd->tab);
+            kd->tab = ntab;
+            kd->cap = ncap;
+            kd->max_count = max_count_for(ncap);
+            kd->sfill = kd->sfill == NO_FILL ? NO_FILL : 0;
+        }
+        while (want > kd->max_count)
+            if (grow_table(kd) < 0)
+                return -1;
+    }
+    size_t need = keys * (ENT_HDR + UNIT - 1) + key_bytes; /* ent_size bound */
+    if (kd->alen + need <= kd->acap)
+        return 0;
+    if (kd->alen + need > ARENA_MAX)
+        return -1;
+    uint8_t *na;
+    if (kd->alen == UNIT) { /* empty: no copy (realloc would copy acap bytes) */
+        na = malloc(UNIT + need);
+        if (!na)
+            return -1;
+        memset(na, 0, UNIT);
+        free(kd->arena);
+    } else {
+        na = realloc(kd->arena, kd->alen + need);
+        if (!na)
+            return -1;
+    }
+    kd->arena = na;
+    kd->acap = kd->alen + need;
+    return 0;
+}
+
+void keydir_mark(keydir *kd)
+{
+    kd->marked = 1;
+}
+
+int keydir_marked(const keydir *kd)
+{
+    return kd->marked;
+}
+
+/* ---- Walk in hash order
+ *
+ * The table in slot order is nearly in hash order already: home = h * cap
+ * >> 32 grows with h, and entries of different clusters (runs of taken
+ * slots between empty ones) keep their homes' order. Only inside a cluster
+ * can insertion order put a higher hash first, and a cluster that runs off
+ * the table's end continues at slot 0. So the walk starts at the first empty
+ * slot: the taken slots before it hold the lowest hashes (homes there) and
+ * the wrapped tail of the last cluster (set aside and merged into that
+ * cluster); then it goes cluster by cluster, sorting each. Arena entries are
+ * prefetched WALK_AHEAD entries before they are read. */
+
+#define WALK_AHEAD 32
+
+struct keydir_walk {
+    const keydir *kd;
+    slot *q;            /* queued entries, in output order: [qhead, qtail) */
+    size_t qhead, qtail, qcap;
+    slot *wrap;         /* the last cluster's tail, found at the table's start */
+    size_t nwrap;
+    size_t next;        /* next slot to scan; cap when all are queued */
+};
+
+static int slot_cmp(const void *a, const void *b)
+{
+    uint32_t x = ((const slot *)a)->h, y = ((const slot *)b)->h;
+    return x < y ? -1 : x > y;
+}
+
+static void sort_run(slot *r, size_t n)
+{
+    if (n > 32) {
+        qsort(r, n, sizeof(slot), slot_cmp);
+        return;
+    }
+    for (size_t i = 1; i < n; i++) { /* nearly sorted: few moves */
+        slot s = r[i];
+        size_t j = i;
+        for (; j > 0 && r[j - 1].h > s.h; j--)
+            r[j] = r[j - 1];
+        r[j] = s;
+    }
+}
+
+static int q_push(keydir_walk *w, slot s)
+{
+    if (w->qtail == w->qcap) {
+        size_t ncap = w->qcap * 2;
+        slot *nq = realloc(w->q, ncap * sizeof(slot));
+        if (!nq)
+            return -1;
+        w->q = nq;
+        w->qcap = ncap;
+    }
+    const uint8_t *e = ent_at(w->kd, s.ref);
+    __builtin_prefetch(e);
+    __builtin_prefetch(e + ENT_HDR + 15);
+    w->q[w->qtail++] = s;
+    return 0;
+}
+
+/* Queues clusters until 2 * WALK_AHEAD entries wait or the table ends. */
+static int walk_fill(keydir_walk *w)
+{
+    const keydir *kd = w->kd;
+    if (w->qhead > 0) { /* a few entries: move them to the front */
+        memmove(w->q, w->q + w->qhead, (w->qtail - w->qhead) * sizeof(slot));
+        w->qtail -= w->qhead;
+        w->qhead = 0;
+    }
+    while (w->qtail - w->qhead < 2 * WALK_AHEAD && w->next < kd->cap) {
+        size_t i = w->next;
+        while (i < kd->cap && kd->tab[i].ref == 0)
+            i++;
+        size_t start = w->qtail;
+        for (; i < kd->cap && kd->tab[i].ref != 0; i++)
+            if (q_push(w, kd->tab[i]) < 0)
+                return -1;
+        if (i == kd->cap)
+            for (size_t k = 0; k < w->nwrap; k++)
+                if (q_push(w, w->wrap[k]) < 0)
+                    return -1;
+        w->next = i;
+        sort_run(w->q + start, w->qtail - start);
+    }
+    return 0;
+}
+
+keydir_walk *keydir_walk_new(const keydir *kd)
+{
+    keydir_walk *w = calloc(1, sizeof(*w));
+    if (!w)
+        return NULL;
+    w->kd = kd;
+    w->qcap = 4 * WALK_AHEAD;
+    w->q = malloc(w->qcap * sizeof(slot));
+    if (!w->q)
+        goto oom;
+    /* count < cap, so there is an empty slot */
+    size_t e0 = 0;
+    while (kd->tab[e0].ref != 0)
+        e0++;
+    if (e0 > 0 && !(w->wrap = malloc(e0 * sizeof(slot))))
+        goto oom;
+    for (size_t i = 0; i < e0; i++) {
+        slot s = kd->tab[i];
+        if (home_of(s.h, kd->cap) <= i) {
+            if (q_push(w, s) < 0)
+                goto oom;
+        } else {
+            w->wrap[w->nwrap++] = s;
+        }
+    }
+    sort_run(w->q, w->qtail);
+    w->next = e0;
+    if (walk_fill(w) < 0)
+        goto oom;
+    return w;
+oom:
+    keydir_walk_free(w);
+    return NULL;
+}
+
+int keydir_walk_next(keydir_walk *w, const void **key, size_t *klen, keydir_loc *loc)
+{
+    if (w->qtail - w->qhead < WALK_AHEAD && w->next < w->kd->cap && walk_fill(w) < 0)
+        return -1;
+    if (w->qhead == w->qtail)
+        return 0;
+    const uint8_t *e = ent_at(w->kd, w->q[w->qhead++].ref);
+    *key = e + ENT_HDR;
+    *klen = ent_klen(e);
+    if (loc)
+        ent_get_loc(e, loc);
+    return 1;
+}
+
+void keydir_walk_free(keydir_walk *w)
+{
+    if (!w)
+        return;
+    free(w->q);
+    free(w->wrap);
+    free(w);
 }

@@ -69,6 +69,45 @@ size_t keydir_mem_bytes(const keydir *kd);
 int keydir_next(const keydir *kd, size_t *pos, const void **key, size_t *klen,
                 keydir_loc *loc);
 
+/* Makes room for `keys` more keys of `key_bytes` bytes in all, so that
+ * inserting them allocates nothing more (a keydir about to be loaded).
+ * Returns 0, or -1 when out of memory (entries unchanged). */
+int keydir_reserve(keydir *kd, size_t keys, size_t key_bytes);
+
+/* One flag for the owner: keydir_mark sets it, and every change to the
+ * entries (put, delete, a cas that moves one) clears it. kv/ marks a keydir
+ * whose per-segment live byte counts it has just computed, so it can skip
+ * recounting one that has not changed since. */
+void keydir_mark(keydir *kd);
+int keydir_marked(const keydir *kd);
+
+/* ---- Hash order: how a checkpoint stores the keydir, so that loading it
+ * writes the table front to back instead of missing the cache once a key.
+ *
+ * The order is ascending folded hash (the 32-bit value the table keeps:
+ * hi ^ lo of the 64-bit hash); keys with equal folded hashes come in any
+ * order. Since the home slot grows with the hash, this order suits a table
+ * of any capacity. */
+
+typedef struct keydir_walk keydir_walk;
+
+/* A cursor over all entries in hash order; NULL when out of memory. Costs a
+ * sequential pass over the table, the entries read with prefetching; the
+ * keydir must not change until keydir_walk_free. */
+keydir_walk *keydir_walk_new(const keydir *kd);
+/* 1 with the next entry (key points into the arena), 0 at the end, -1 when
+ * out of memory. */
+int keydir_walk_next(keydir_walk *w, const void **key, size_t *klen, keydir_loc *loc);
+void keydir_walk_free(keydir_walk *w);
+
+/* Inserts like keydir_put (same returns: 1 = the key was present and its
+ * location is replaced, 0 = new, -1 = bad length or out of memory), fast
+ * when keys arrive in hash order into a keydir that started empty and has
+ * room for them (keydir_new(n) or keydir_reserve): no probing, the table is
+ * filled front to back. Keys out of order are still inserted correctly, the
+ * ordinary way, as is every later one. */
+int keydir_put_sorted(keydir *kd, const void *key, size_t klen, keydir_loc loc);
+
 /* ---- Checkpoint codec. Format: kv/FORMAT.md, "Index checkpoint". */
 
 typedef struct ckpt_header {
@@ -79,14 +118,43 @@ typedef struct ckpt_header {
     uint64_t count;      /* number of entries */
 } ckpt_header;
 
-/* Serialises kd with header h (h->count is set from kd) into a malloc'd buffer
- * (*buf, *len; the caller frees it with free()). Returns 0 or -1 (ENOMEM). */
+/* Streams kd with header h (h->count is set from kd) to wr, in pieces of up
+ * to 256 KiB in file order; wr returns 0, or non-zero to stop. Entries go in
+ * hash order (keydir_walk). Returns 0, -1 when out of memory, or 1 when wr
+ * failed (wr's ctx says why). */
+typedef int (*ckpt_write_fn)(void *ctx, const void *buf, size_t len);
+int ckpt_write(const keydir *kd, ckpt_header *h, ckpt_write_fn wr, void *ctx);
+
+/* ckpt_write into a malloc'd buffer (*buf, *len; the caller frees it with
+ * free()). Returns 0 or -1 (ENOMEM). */
 int ckpt_encode(const keydir *kd, ckpt_header *h, uint8_t **buf, size_t *len);
 
-/* Parses buf (len bytes) into *h and a new keydir (*out, caller frees with
+/* Where ckpt_load reads from, and what it checks besides the format. */
+typedef struct ckpt_reader {
+    uint64_t size;      /* bytes in the checkpoint */
+    const uint8_t *buf; /* all of them in memory; or NULL, and then: */
+    /* reads exactly len bytes at offset off into dst (a 256 KiB window, so
+     * the file is never held whole); returns 0 or -1 */
+    int (*read)(void *ctx, void *dst, size_t len, uint64_t off);
+    void *ctx;
+    keydir_hash_fn hash; /* as keydir_new */
+    /* Optional: called with every entry's location, in file order, before
+     * the entry is inserted; returns 0, or -1 with a one-line reason in err,
+     * which rejects the checkpoint. Its effects are the caller's to undo when
+     * the load then fails (a stream's trailer checksum is checked last). */
+    int (*check)(void *ctx, keydir_loc loc, char *err, size_t errlen);
+    void *check_ctx;
+} ckpt_reader;
+
+/* Parses the checkpoint into *h and a new keydir (*out, caller frees with
  * keydir_free). Every field and the checksums are checked; returns 0, or -1
  * with a one-line reason in err ("bad magic", "checksum mismatch at byte N",
- * "truncated: N bytes, need M", ...) and *out untouched. hash as keydir_new. */
+ * "truncated: N bytes, need M", ...) and *out untouched. Reads versions 1
+ * and 2. One sequential pass: the cost is reading the bytes, one hash per
+ * key, and writing the table and arena front to back. */
+int ckpt_load(const ckpt_reader *r, ckpt_header *h, keydir **out, char *err, size_t errlen);
+
+/* ckpt_load of buf (len bytes) in memory. hash as keydir_new. */
 int ckpt_decode(const uint8_t *buf, size_t len, keydir_hash_fn hash,
                 ckpt_header *h, keydir **out, char *err, size_t errlen);
 

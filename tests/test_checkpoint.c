@@ -1,7 +1,9 @@
 /*
  * test_checkpoint.c - the index checkpoint codec (index/checkpoint.c):
- * round trips, the exact byte layout of kv/FORMAT.md, and rejection of every
- * bit flip, every truncation and each kind of malformed content.
+ * round trips, the exact byte layout of kv/FORMAT.md (version 2: entries in
+ * hash order; version 1 still read), and rejection of every bit flip, every
+ * truncation and each kind of malformed content, from memory and streamed
+ * through a reader.
  */
 #include <criterion/criterion.h>
 #include <criterion/logging.h>
@@ -93,25 +95,73 @@ static void assert_same(const keydir *a, const keydir *b)
     }
 }
 
-/* Decodes a buffer that must be rejected; checks err and that *out and *h
- * were left alone. */
+/* A reader over a buffer for ckpt_load: reads must stay inside it. */
+typedef struct memsrc {
+    const uint8_t *p;
+    size_t n;
+    long reads, fail_at; /* fail the read numbered fail_at (0 = never) */
+} memsrc;
+
+static int memsrc_read(void *ctx, void *dst, size_t len, uint64_t off)
+{
+    memsrc *m = ctx;
+    cr_assert(off <= m->n && len <= m->n - off, "read of %zu at %llu past %zu", len,
+              (unsigned long long)off, m->n);
+    if (++m->reads == m->fail_at)
+        return -1;
+    memcpy(dst, m->p + off, len);
+    return 0;
+}
+
+/* ckpt_load streamed from buf through memsrc_read. */
+static int stream_decode(const uint8_t *buf, size_t len, keydir_hash_fn hash, ckpt_header *h,
+                         keydir **out, char *err, size_t errlen)
+{
+    memsrc m = {buf, len, 0, 0};
+    ckpt_reader r = {.size = len, .read = memsrc_read, .ctx = &m, .hash = hash};
+    return ckpt_load(&r, h, out, err, errlen);
+}
+
+/* Decodes a buffer that must be rejected, from memory and streamed; checks
+ * err (want: from memory) and that *out and *h were left alone. */
 static void assert_rejected(const uint8_t *buf, size_t len, const char *want,
                             const char *what)
 {
-    keydir *sentinel = (keydir *)(uintptr_t)0x1, *out = sentinel;
-    ckpt_header h;
-    memset(&h, 0xab, sizeof(h));
-    char err[256] = "";
-    int r = ckpt_decode(buf, len, NULL, &h, &out, err, sizeof(err));
-    if (r == 0 && out != sentinel)
-        keydir_free(out);
-    cr_assert_eq(r, -1, "%s: accepted", what);
-    cr_assert(out == sentinel, "%s: *out touched", what);
-    cr_assert_neq(err[0], 0, "%s: no reason given", what);
-    cr_assert_null(strchr(err, '\n'), "%s: reason is not one line", what);
-    if (want)
-        cr_assert_not_null(strstr(err, want), "%s: reason \"%s\" lacks \"%s\"", what,
-                           err, want);
+    for (int streamed = 0; streamed < 2; streamed++) {
+        keydir *sentinel = (keydir *)(uintptr_t)0x1, *out = sentinel;
+        ckpt_header h, h0;
+        memset(&h, 0xab, sizeof(h));
+        h0 = h;
+        char err[256] = "";
+        int r = streamed ? stream_decode(buf, len, NULL, &h, &out, err, sizeof(err))
+                         : ckpt_decode(buf, len, NULL, &h, &out, err, sizeof(err));
+        if (r == 0 && out != sentinel)
+            keydir_free(out);
+        cr_assert_eq(r, -1, "%s%s: accepted", what, streamed ? " (streamed)" : "");
+        cr_assert(out == sentinel, "%s: *out touched", what);
+        cr_assert(memcmp(&h, &h0, sizeof(h)) == 0, "%s: *h touched", what);
+        cr_assert_neq(err[0], 0, "%s: no reason given", what);
+        cr_assert_null(strchr(err, '\n'), "%s: reason is not one line", what);
+        if (want && !streamed)
+            cr_assert_not_null(strstr(err, want), "%s: reason \"%s\" lacks \"%s\"", what,
+                               err, want);
+    }
+}
+
+/* Entries of an encoded checkpoint: calls fn(key, klen, at) for each. */
+static size_t each_entry(const uint8_t *buf, size_t len,
+                         void (*fn)(void *, const uint8_t *, size_t, size_t), void *ctx)
+{
+    size_t p = 56, n = 0;
+    while (p < len - 8) {
+        size_t kl = (size_t)buf[p + 12] | (size_t)buf[p + 13] << 8;
+        if (fn)
+            fn(ctx, buf + p + 14, kl, p);
+        p += 14 + kl;
+        n++;
+    }
+    cr_assert_eq(p, len - 8);
+    return n;
 }
 
 /* ---- tests */
@@ -178,7 +228,7 @@ Test(checkpoint, exact_layout)
     cr_assert_eq(ckpt_encode(kd, &h, &buf, &len), 0);
     cr_assert_eq(len, 56 + 14 + 3 + 8);
     cr_assert_eq(memcmp(buf, "S4KVIDX1", 8), 0);
-    cr_assert_eq(rd32(buf + 8), 1);
+    cr_assert_eq(rd32(buf + 8), 2);
     cr_assert_eq(rd32(buf + 12), h.pos_seg);
     cr_assert_eq(rd64(buf + 16), h.pos_off);
     cr_assert_eq(rd64(buf + 24), h.next_seq);
@@ -283,9 +333,14 @@ Test(checkpoint, malformed_content_rejected)
     assert_rejected(b, len, "magic", "bad magic");
 
     memcpy(b, buf, len);
-    le32(b + 8, 2);
+    le32(b + 8, 3);
     reseal(b, len);
-    assert_rejected(b, len, "version", "version 2");
+    assert_rejected(b, len, "version", "version 3");
+
+    memcpy(b, buf, len);
+    le32(b + 8, 0);
+    reseal(b, len);
+    assert_rejected(b, len, "version", "version 0");
 
     memcpy(b, buf, len);
     le64(b + 48, rd64(b + 48) ^ 1);
@@ -389,7 +444,250 @@ Test(checkpoint, one_million_entries_timing, .timeout = 120)
                 len, enc, dec);
     cr_assert_eq(len, 64 + n * 30);
     assert_same(kd, out);
+    keydir_free(out);
+    out = NULL;
+    cr_assert_eq(stream_decode(buf, len, NULL, &h2, &out, err, sizeof(err)), 0, "%s", err);
+    assert_same(out, kd);
     free(buf);
     keydir_free(out);
+    keydir_free(kd);
+}
+
+/* ---- version 2: hash order, streaming, the entry check */
+
+typedef struct order_ctx {
+    keydir_hash_fn fn;
+    uint32_t last;
+    size_t n;
+} order_ctx;
+
+static void check_order(void *ctx, const uint8_t *key, size_t klen, size_t at)
+{
+    order_ctx *o = ctx;
+    uint64_t h = o->fn ? o->fn(key, klen) : XXH3_64bits(key, klen);
+    uint32_t f = (uint32_t)(h ^ (h >> 32));
+    cr_assert_geq(f, o->last, "entry %zu at byte %zu out of hash order", o->n, at);
+    o->last = f;
+    o->n++;
+}
+
+static uint64_t few_hash(const void *key, size_t klen)
+{
+    /* 4 values; 0xffffffff folds to the last home slot, so clusters wrap */
+    static const uint64_t v[4] = {0, 0xffffffffu, 0x7fffffffu, 0x12345678u};
+    return v[((const uint8_t *)key)[klen - 1] & 3];
+}
+
+static keydir *rehashed(const keydir *kd, keydir_hash_fn fn)
+{
+    keydir *c = keydir_new(0, fn);
+    size_t pos = 0, klen;
+    const void *key;
+    keydir_loc l;
+    while (keydir_next(kd, &pos, &key, &klen, &l))
+        keydir_put(c, key, klen, l, NULL);
+    return c;
+}
+
+Test(checkpoint, entries_in_hash_order)
+{
+    const keydir_hash_fn fns[2] = {NULL, few_hash};
+    for (int f = 0; f < 2; f++) {
+        keydir *src = random_keydir(3000, 21);
+        keydir *kd = rehashed(src, fns[f]);
+        /* deletes leave dead arena bytes and shifted clusters */
+        size_t pos = 0, klen, i = 0;
+        const void *key;
+        keydir_loc l;
+        while (keydir_next(src, &pos, &key, &klen, &l))
+            if (i++ % 3 == 0)
+                keydir_del(kd, key, klen, NULL);
+        ckpt_header h = sample_header(), h2;
+        uint8_t *buf;
+        size_t len;
+        cr_assert_eq(ckpt_encode(kd, &h, &buf, &len), 0);
+        order_ctx o = {fns[f], 0, 0};
+        cr_assert_eq(each_entry(buf, len, check_order, &o), keydir_count(kd));
+        /* decoded (arena now in hash order) and encoded again: same bytes */
+        keydir *out = NULL;
+        char err[128] = "";
+        cr_assert_eq(ckpt_decode(buf, len, fns[f], &h2, &out, err, sizeof(err)), 0, "%s", err);
+        assert_same(kd, out);
+        assert_same(out, kd);
+        uint8_t *buf2;
+        size_t len2;
+        cr_assert_eq(ckpt_encode(out, &h2, &buf2, &len2), 0);
+        cr_assert_eq(len2, len);
+        if (!fns[f]) /* equal hashes may come in another order */
+            cr_assert_eq(memcmp(buf, buf2, len), 0);
+        free(buf2);
+        free(buf);
+        keydir_free(out);
+        keydir_free(kd);
+        keydir_free(src);
+    }
+}
+
+/* The order is a speed contract only: a loader hashing differently, or
+ * entries out of order, still give the same keydir. */
+Test(checkpoint, any_order_and_other_hash_still_load)
+{
+    keydir *src = random_keydir(2000, 22);
+    keydir *kd = rehashed(src, few_hash);
+    ckpt_header h = sample_header(), h2;
+    uint8_t *buf;
+    size_t len;
+    cr_assert_eq(ckpt_encode(kd, &h, &buf, &len), 0);
+    keydir *out = NULL;
+    char err[128] = "";
+    cr_assert_eq(ckpt_decode(buf, len, NULL, &h2, &out, err, sizeof(err)), 0, "%s", err);
+    assert_same(kd, out);
+    assert_same(out, kd);
+    keydir_free(out);
+    free(buf);
+
+    /* reversed entries (version 2 header), and the same as version 1 */
+    cr_assert_eq(ckpt_encode(src, &h, &buf, &len), 0);
+    uint8_t *rev = malloc(len);
+    size_t n = each_entry(buf, len, NULL, NULL);
+    size_t *at = malloc(n * sizeof(*at)), k = 0, p = 56;
+    while (k < n) {
+        at[k++] = p;
+        p += 14 + ((size_t)buf[p + 12] | (size_t)buf[p + 13] << 8);
+    }
+    memcpy(rev, buf, 56);
+    size_t w = 56;
+    for (size_t i = n; i-- > 0;) {
+        size_t sz = (i + 1 < n ? at[i + 1] : len - 8) - at[i];
+        memcpy(rev + w, buf + at[i], sz);
+        w += sz;
+    }
+    cr_assert_eq(w, len - 8);
+    for (uint32_t ver = 1; ver <= 2; ver++) {
+        le32(rev + 8, ver);
+        reseal(rev, len);
+        out = NULL;
+        cr_assert_eq(ckpt_decode(rev, len, NULL, &h2, &out, err, sizeof(err)), 0, "%s", err);
+        assert_same(src, out);
+        assert_same(out, src);
+        keydir_free(out);
+        out = NULL;
+        cr_assert_eq(stream_decode(rev, len, NULL, &h2, &out, err, sizeof(err)), 0, "%s", err);
+        assert_same(src, out);
+        keydir_free(out);
+    }
+    free(at);
+    free(rev);
+    free(buf);
+    keydir_free(kd);
+    keydir_free(src);
+}
+
+/* Streamed through a 256 KiB window: entries, and keys of up to 64 KiB,
+ * cross its edges. */
+Test(checkpoint, streamed_round_trip_across_windows)
+{
+    keydir *kd = random_keydir(20000, 23);
+    uint8_t *big = malloc(65535);
+    for (uint32_t i = 0; i < 30; i++) {
+        memset(big, (int)i, 65535);
+        keydir_loc l = {i, i, i};
+        cr_assert_eq(keydir_put(kd, big, 30000 + i * 1000 + (i == 29 ? 6535 : 0), l, NULL), 0);
+    }
+    ckpt_header h = sample_header(), h2;
+    uint8_t *buf;
+    size_t len;
+    cr_assert_eq(ckpt_encode(kd, &h, &buf, &len), 0);
+    cr_assert_gt(len, 3 * 256 * 1024);
+    keydir *out = NULL;
+    char err[128] = "";
+    cr_assert_eq(stream_decode(buf, len, NULL, &h2, &out, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(h2.pos_off, h.pos_off);
+    assert_same(kd, out);
+    assert_same(out, kd);
+    keydir_free(out);
+
+    /* a failing read rejects it, at any read */
+    for (long f = 1; f <= 4; f++) {
+        memsrc m = {buf, len, 0, f};
+        ckpt_reader r = {.size = len, .read = memsrc_read, .ctx = &m};
+        keydir *sentinel = (keydir *)(uintptr_t)0x1;
+        out = sentinel;
+        cr_assert_eq(ckpt_load(&r, &h2, &out, err, sizeof(err)), -1);
+        cr_assert_not_null(strstr(err, "read failed"), "%s", err);
+        cr_assert(out == sentinel);
+    }
+    free(big);
+    free(buf);
+    keydir_free(kd);
+}
+
+typedef struct check_ctx {
+    size_t calls, reject_at;
+    uint64_t sum_len;
+} check_ctx;
+
+static int count_entry(void *ctx, keydir_loc loc, char *err, size_t errlen)
+{
+    check_ctx *c = ctx;
+    c->sum_len += loc.len;
+    if (++c->calls == c->reject_at) {
+        snprintf(err, errlen, "entry %zu refused", c->calls);
+        return -1;
+    }
+    return 0;
+}
+
+Test(checkpoint, entry_check_sees_every_entry_and_can_refuse)
+{
+    keydir *kd = random_keydir(5000, 24);
+    uint64_t want = 0;
+    size_t pos = 0, klen;
+    const void *key;
+    keydir_loc l;
+    while (keydir_next(kd, &pos, &key, &klen, &l))
+        want += l.len;
+    ckpt_header h = sample_header(), h2;
+    uint8_t *buf;
+    size_t len;
+    cr_assert_eq(ckpt_encode(kd, &h, &buf, &len), 0);
+    for (int streamed = 0; streamed < 2; streamed++) {
+        memsrc m = {buf, len, 0, 0};
+        check_ctx c = {0, 0, 0};
+        ckpt_reader r = {.size = len, .buf = streamed ? NULL : buf, .read = memsrc_read,
+                         .ctx = &m, .check = count_entry, .check_ctx = &c};
+        keydir *out = NULL;
+        char err[128] = "";
+        cr_assert_eq(ckpt_load(&r, &h2, &out, err, sizeof(err)), 0, "%s", err);
+        cr_assert_eq(c.calls, 5000);
+        cr_assert_eq(c.sum_len, want);
+        keydir_free(out);
+
+        c = (check_ctx){0, 4321, 0};
+        m.reads = 0;
+        keydir *sentinel = (keydir *)(uintptr_t)0x1;
+        out = sentinel;
+        cr_assert_eq(ckpt_load(&r, &h2, &out, err, sizeof(err)), -1);
+        cr_assert_str_eq(err, "entry 4321 refused");
+        cr_assert(out == sentinel);
+    }
+    free(buf);
+    keydir_free(kd);
+}
+
+static int fail_second_write(void *ctx, const void *buf, size_t len)
+{
+    (void)buf;
+    (void)len;
+    return ++*(int *)ctx == 2 ? -1 : 0;
+}
+
+Test(checkpoint, write_failure_reported)
+{
+    keydir *kd = random_keydir(20000, 25); /* more than one 256 KiB piece */
+    ckpt_header h = sample_header();
+    int calls = 0;
+    cr_assert_eq(ckpt_write(kd, &h, fail_second_write, &calls), 1);
+    cr_assert_eq(calls, 2);
     keydir_free(kd);
 }

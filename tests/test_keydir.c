@@ -596,3 +596,225 @@ Test(keydir, walk_skips_deleted_entries_in_arena_order)
     cr_assert_eq(n, keydir_count(kd));
     keydir_free(kd);
 }
+
+/* ---- hash order: keydir_walk and keydir_put_sorted */
+
+static uint64_t xxh_default(const void *key, size_t klen);
+
+/* The folded hash the table keeps, for a hash function (NULL = xxh3). */
+static uint32_t folded(keydir_hash_fn fn, const void *key, size_t klen)
+{
+    uint64_t h = fn ? fn(key, klen) : xxh_default(key, klen);
+    return (uint32_t)(h ^ (h >> 32));
+}
+
+#include <xxhash.h>
+static uint64_t xxh_default(const void *key, size_t klen)
+{
+    return XXH3_64bits(key, klen);
+}
+
+/* Walks kd in hash order: every entry once, hashes ascending; returns the
+ * number walked. */
+static size_t check_walk(const keydir *kd, keydir_hash_fn fn)
+{
+    keydir_walk *w = keydir_walk_new(kd);
+    cr_assert_not_null(w);
+    const void *key;
+    size_t klen, n = 0;
+    keydir_loc loc, l2;
+    uint32_t last = 0;
+    int r;
+    while ((r = keydir_walk_next(w, &key, &klen, &loc)) == 1) {
+        uint32_t h = folded(fn, key, klen);
+        cr_assert_geq(h, last, "entry %zu: hash %08x after %08x", n, h, last);
+        last = h;
+        cr_assert_eq(keydir_get(kd, key, klen, &l2), 1);
+        cr_assert(loc_eq(loc, l2));
+        n++;
+    }
+    cr_assert_eq(r, 0);
+    keydir_walk_free(w);
+    cr_assert_eq(n, keydir_count(kd));
+    return n;
+}
+
+/* A copy of kd built by keydir_put_sorted in kd's hash order. */
+static keydir *sorted_copy(const keydir *kd, keydir_hash_fn fn, size_t expect)
+{
+    keydir *c = keydir_new(expect, fn);
+    cr_assert_not_null(c);
+    keydir_walk *w = keydir_walk_new(kd);
+    const void *key;
+    size_t klen;
+    keydir_loc loc;
+    while (keydir_walk_next(w, &key, &klen, &loc) == 1)
+        cr_assert_eq(keydir_put_sorted(c, key, klen, loc), 0);
+    keydir_walk_free(w);
+    return c;
+}
+
+static void assert_same_kd(const keydir *a, const keydir *b)
+{
+    cr_assert_eq(keydir_count(a), keydir_count(b));
+    size_t pos = 0, klen;
+    const void *key;
+    keydir_loc la, lb;
+    while (keydir_next(a, &pos, &key, &klen, &la)) {
+        cr_assert_eq(keydir_get(b, key, klen, &lb), 1);
+        cr_assert(loc_eq(la, lb));
+    }
+}
+
+Test(keydir, walk_in_hash_order_any_shape, .timeout = 60)
+{
+    const keydir_hash_fn fns[3] = {NULL, few_hash, const_hash};
+    uint8_t k[40];
+    for (int f = 0; f < 3; f++) {
+        for (uint64_t seed = 1; seed <= 30; seed++) {
+            uint64_t st = seed;
+            keydir *kd = keydir_new(seed % 2 ? 0 : 50, fns[f]);
+            uint32_t n = (uint32_t)(f == 2 ? seed * 7 : seed * seed * 20);
+            for (uint32_t i = 0; i < n; i++) {
+                uint32_t id = (uint32_t)(tu_rand(&st) % (n + 1));
+                size_t kl = make_key(id, k);
+                if (tu_rand(&st) % 4 == 0)
+                    keydir_del(kd, k, kl, NULL);
+                else
+                    keydir_put(kd, k, kl, L(id, i, 1), NULL);
+            }
+            check_walk(kd, fns[f]);
+            /* sorted inserts rebuild it; the copy walks in order again */
+            keydir *c = sorted_copy(kd, fns[f], keydir_count(kd));
+            assert_same_kd(kd, c);
+            assert_same_kd(c, kd);
+            check_walk(c, fns[f]);
+            keydir_free(c);
+            keydir_free(kd);
+        }
+    }
+}
+
+/* Sorted inserts into a table whose last slots take the biggest hashes:
+ * the fill runs off the end and wraps. */
+Test(keydir, put_sorted_wraps_at_table_end)
+{
+    keydir *src = keydir_new(0, few_hash);
+    uint8_t k[40];
+    for (uint32_t id = 0; id < 300; id++)
+        keydir_put(src, k, make_key(id, k), L(id, 0, 0), NULL);
+    keydir *c = sorted_copy(src, few_hash, 300);
+    assert_same_kd(src, c);
+    check_walk(c, few_hash);
+    /* deletes in the copy keep working (backward shift over a wrapped table) */
+    for (uint32_t id = 0; id < 300; id += 2)
+        cr_assert_eq(keydir_del(c, k, make_key(id, k), NULL), 1);
+    for (uint32_t id = 0; id < 300; id++)
+        cr_assert_eq(keydir_get(c, k, make_key(id, k), NULL), id % 2);
+    keydir_free(c);
+    keydir_free(src);
+}
+
+Test(keydir, put_sorted_out_of_order_and_duplicates)
+{
+    uint8_t k[40];
+    /* reverse hash order: every key after the first is out of order, all
+     * still land; a repeated key replaces and returns 1 */
+    keydir *src = keydir_new(0, NULL);
+    for (uint32_t id = 0; id < 2000; id++)
+        keydir_put(src, k, make_key(id, k), L(id, 1, 2), NULL);
+    keydir_walk *w = keydir_walk_new(src);
+    const void **keys = calloc(2000, sizeof(*keys));
+    size_t *lens = calloc(2000, sizeof(*lens));
+    keydir_loc *locs = calloc(2000, sizeof(*locs));
+    size_t n = 0;
+    while (keydir_walk_next(w, &keys[n], &lens[n], &locs[n]) == 1)
+        n++;
+    keydir_walk_free(w);
+    cr_assert_eq(n, 2000);
+    keydir *c = keydir_new(10, NULL); /* too small: the sorted fill must give way to growth */
+    for (size_t i = n; i-- > 1000;)
+        cr_assert_eq(keydir_put_sorted(c, keys[i], lens[i], locs[i]), 0);
+    for (size_t i = 0; i < 1000; i++)
+        cr_assert_eq(keydir_put_sorted(c, keys[i], lens[i], locs[i]), 0);
+    cr_assert_eq(keydir_put_sorted(c, keys[7], lens[7], L(9, 9, 9)), 1);
+    cr_assert_eq(keydir_put_sorted(c, keys[1999], lens[1999], L(8, 8, 8)), 1);
+    keydir_loc l;
+    cr_assert(keydir_get(c, keys[7], lens[7], &l) && loc_eq(l, L(9, 9, 9)));
+    keydir_put(src, keys[7], lens[7], L(9, 9, 9), NULL);
+    keydir_put(src, keys[1999], lens[1999], L(8, 8, 8), NULL);
+    locs[7] = L(9, 9, 9);
+    locs[1999] = L(8, 8, 8);
+    assert_same_kd(src, c);
+    assert_same_kd(c, src);
+    keydir_free(c);
+
+    /* in order, a repeat of the previous key (equal hash) is found too */
+    c = keydir_new(2000, NULL);
+    for (size_t i = 0; i < n; i++) {
+        cr_assert_eq(keydir_put_sorted(c, keys[i], lens[i], locs[i]), 0);
+        cr_assert_eq(keydir_put_sorted(c, keys[i], lens[i], locs[i]), 1);
+    }
+    cr_assert_eq(keydir_count(c), 2000);
+    assert_same_kd(src, c);
+    keydir_free(c);
+    free(keys);
+    free(lens);
+    free(locs);
+    keydir_free(src);
+}
+
+Test(keydir, reserve_then_sorted_fill_allocates_nothing_more)
+{
+    keydir *src = keydir_new(0, NULL);
+    uint8_t k[40];
+    size_t key_bytes = 0;
+    for (uint32_t id = 0; id < 50000; id++) {
+        size_t kl = make_key(id, k);
+        key_bytes += kl;
+        keydir_put(src, k, kl, L(id, id, id), NULL);
+    }
+    keydir *c = keydir_new(0, NULL);
+    cr_assert_eq(keydir_reserve(c, 50000, key_bytes), 0);
+    size_t mem = keydir_mem_bytes(c);
+    keydir_walk *w = keydir_walk_new(src);
+    const void *key;
+    size_t klen;
+    keydir_loc loc;
+    while (keydir_walk_next(w, &key, &klen, &loc) == 1)
+        cr_assert_eq(keydir_put_sorted(c, key, klen, loc), 0);
+    keydir_walk_free(w);
+    cr_assert_eq(keydir_mem_bytes(c), mem, "grew during the reserved fill");
+    assert_same_kd(src, c);
+    cr_assert_eq(keydir_reserve(c, (size_t)1 << 40, 0), -1);
+    cr_assert_eq(keydir_count(c), 50000);
+    keydir_free(c);
+    keydir_free(src);
+}
+
+Test(keydir, mark_cleared_by_every_change)
+{
+    keydir *kd = keydir_new(0, NULL);
+    cr_assert_eq(keydir_marked(kd), 0);
+    keydir_mark(kd);
+    cr_assert_eq(keydir_marked(kd), 1);
+    keydir_get(kd, "a", 1, NULL);
+    keydir_del(kd, "a", 1, NULL); /* absent: no change */
+    cr_assert_eq(keydir_cas(kd, "a", 1, L(1, 1, 1), L(2, 2, 2)), 0);
+    cr_assert_eq(keydir_marked(kd), 1);
+    keydir_put(kd, "a", 1, L(1, 1, 1), NULL);
+    cr_assert_eq(keydir_marked(kd), 0);
+    keydir_mark(kd);
+    keydir_put(kd, "a", 1, L(1, 1, 2), NULL); /* replace */
+    cr_assert_eq(keydir_marked(kd), 0);
+    keydir_mark(kd);
+    cr_assert_eq(keydir_cas(kd, "a", 1, L(1, 1, 2), L(2, 2, 2)), 1);
+    cr_assert_eq(keydir_marked(kd), 0);
+    keydir_mark(kd);
+    keydir_put_sorted(kd, "b", 1, L(1, 1, 1));
+    cr_assert_eq(keydir_marked(kd), 0);
+    keydir_mark(kd);
+    cr_assert_eq(keydir_del(kd, "a", 1, NULL), 1);
+    cr_assert_eq(keydir_marked(kd), 0);
+    keydir_free(kd);
+}
