@@ -205,6 +205,10 @@ static segment *active_seg(const s4kv_db *db) { return db->segs[db->nsegs - 1]; 
 
 void db_recount_live(s4kv_db *db)
 {
+    /* load_checkpoint counted while loading and marked the keydir; any
+     * change since (replay, writes, compaction) cleared the mark */
+    if (keydir_marked(db->kd))
+        return;
     for (size_t i = 0; i < db->nsegs; i++)
         db->segs[i]->live = 0;
     size_t pos = 0;
@@ -370,6 +374,26 @@ int db_rotate(s4kv_db *db, char *err, size_t errlen)
     return rc;
 }
 
+/* ckpt_write's sink for db_checkpoint_locked: the temporary file. */
+typedef struct ckpt_sink {
+    s4kv_db *db;
+    int fd;
+    uint64_t off;
+    int rc; /* the failing pwrite's -errno */
+} ckpt_sink;
+
+static int ckpt_sink_write(void *ctx, const void *buf, size_t len)
+{
+    ckpt_sink *k = ctx;
+    ssize_t w = k->db->v->pwrite(k->db->v, k->fd, buf, len, k->off);
+    if (w < 0) {
+        k->rc = (int)w;
+        return -1;
+    }
+    k->off += len;
+    return 0;
+}
+
 int db_checkpoint_locked(s4kv_db *db, char *err, size_t errlen)
 {
     int rc = sync_active(db, err, errlen);
@@ -378,17 +402,46 @@ int db_checkpoint_locked(s4kv_db *db, char *err, size_t errlen)
     segment *a = active_seg(db);
     ckpt_header h = {.generation = db->generation + 1, .pos_seg = a->no, .pos_off = a->size,
                      .next_seq = db->next_seq};
-    uint8_t *buf;
-    size_t len;
-    if (ckpt_encode(db->kd, &h, &buf, &len) != 0)
-        return seterr(err, errlen, S4KV_ENOMEM, "out of memory encoding the checkpoint");
-    char name[64], path[4096];
+    char name[64], path[4096], tmp[4200];
     snprintf(name, sizeof name, "index_%06" PRIu64 ".s4ki", h.generation);
     snprintf(path, sizeof path, "%s/%s", db->dir, name);
-    rc = file_write_atomic(db, path, buf, len, err, errlen);
-    free(buf);
-    if (rc)
-        return rc;
+    /* file_write_atomic's steps, with the checkpoint streamed to the file in
+     * 256 KiB pieces instead of encoded whole in memory first */
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    int fd = db->v->open(db->v, tmp, O_WRONLY | O_CREAT | O_TRUNC, S4KV_FILE_MODE);
+    if (fd < 0)
+        return seterr(err, errlen, errno_code(fd), "open %s: %s", tmp, strerror(-fd));
+    ckpt_sink k = {db, fd, 0, 0};
+    int w = ckpt_write(db->kd, &h, ckpt_sink_write, &k);
+    const char *what = "write";
+    rc = w > 0 ? k.rc : 0;
+    if (rc == 0 && w == 0) {
+        rc = db->v->fdatasync(db->v, fd);
+        what = "fdatasync";
+    }
+    db->v->close(db->v, fd);
+    if (w < 0) {
+        db->v->unlink(db->v, tmp);
+        return seterr(err, errlen, S4KV_ENOMEM, "out of memory encoding the checkpoint");
+    }
+    int renamed = 0;
+    if (rc == 0) {
+        rc = db->v->rename(db->v, tmp, path);
+        what = "rename";
+    }
+    if (rc == 0) {
+        renamed = 1;
+        rc = db->v->fsync_dir(db->v, db->dir);
+        what = "fsync directory of";
+    }
+    if (rc != 0 && renamed) {
+        /* The new file replaced any old one of that name but may not survive
+         * a crash: stop taking writes; reopen resolves it. */
+        db->failed = 1;
+    } else if (rc != 0) {
+        db->v->unlink(db->v, tmp);
+        return seterr(err, errlen, errno_code(rc), "%s %s: %s", what, path, strerror(-rc));
+    }
     char *old = db->ckpt_name;
     db->ckpt_name = strdup(name);
     if (!db->ckpt_name) {
@@ -1102,8 +1155,37 @@ static int open_segments(s4kv_db *db, const manifest *m, char *err, size_t errle
     return 0;
 }
 
+/* ckpt_load's reader and entry check for load_checkpoint. */
+typedef struct ckpt_src {
+    s4kv_db *db;
+    int fd;
+} ckpt_src;
+
+static int ckpt_src_read(void *ctx, void *dst, size_t len, uint64_t off)
+{
+    ckpt_src *c = ctx;
+    return c->db->v->pread(c->db->v, c->fd, dst, len, off) == (ssize_t)len ? 0 : -1;
+}
+
+/* Every entry must point inside the log; counts live bytes on the way. */
+static int ckpt_check_entry(void *ctx, keydir_loc loc, char *err, size_t errlen)
+{
+    s4kv_db *db = ctx;
+    segment *s = db_seg(db, loc.seg);
+    if (!s || loc.off < SEG_HDR || (uint64_t)loc.off + loc.len > s->size) {
+        snprintf(err, errlen, "an entry points outside the log (segment %u offset %u)",
+                 loc.seg, loc.off);
+        return -1;
+    }
+    s->live += loc.len;
+    return 0;
+}
+
 /* Loads the checkpoint the manifest names into db->kd. Returns 0 and the
- * position, or -1 (logged) when it is missing or unusable. */
+ * position, or -1 (logged) when it is missing or unusable. A local file is
+ * read in pieces straight into the keydir being built; segments' live bytes
+ * are counted on the way and the keydir marked, so db_recount_live has
+ * nothing to do unless replay changes it. */
 static int load_checkpoint(s4kv_db *db, size_t *seg_idx, uint64_t *off)
 {
     if (!db->ckpt_name)
@@ -1112,44 +1194,40 @@ static int load_checkpoint(s4kv_db *db, size_t *seg_idx, uint64_t *off)
     snprintf(path, sizeof path, "%s/%s", db->dir, db->ckpt_name);
     int fd = db->v->open(db->v, path, O_RDONLY, 0);
     uint8_t *buf = NULL;
-    uint64_t size = 0;
+    ckpt_src src = {db, fd};
+    ckpt_reader rd = {.hash = db->hash, .check = ckpt_check_entry, .check_ctx = db};
     if (fd == -ENOENT && db->opt.remote && db->opt.remote->fetch) {
         size_t n = 0;
         char e2[200] = "";
         if (db->opt.remote->fetch(db->opt.remote->ctx, db->ckpt_name, &buf, &n, e2,
                                   sizeof e2) != 0)
             snprintf(why, sizeof why, "remote: %s", e2);
-        size = n;
+        rd.size = n;
+        rd.buf = buf;
     } else if (fd < 0) {
         snprintf(why, sizeof why, "open: %s", strerror(-fd));
     } else {
-        if (db->v->fsize(db->v, fd, &size) != 0 || !(buf = malloc(size ? size : 1)) ||
-            db->v->pread(db->v, fd, buf, size, 0) != (ssize_t)size)
+        if (db->v->fsize(db->v, fd, &rd.size) != 0)
             snprintf(why, sizeof why, "read failed");
-        db->v->close(db->v, fd);
+        rd.read = ckpt_src_read;
+        rd.ctx = &src;
     }
+    for (size_t i = 0; i < db->nsegs; i++)
+        db->segs[i]->live = 0;
     ckpt_header h;
     keydir *kd = NULL;
-    if (!*why && ckpt_decode(buf, size, db->hash, &h, &kd, why, sizeof why) == 0) {
+    if (!*why && ckpt_load(&rd, &h, &kd, why, sizeof why) == 0) {
         segment *ps = db_seg(db, h.pos_seg);
         if (!ps || h.pos_off < SEG_HDR || h.pos_off > ps->size)
             snprintf(why, sizeof why, "its log position (segment %u, offset %" PRIu64
                      ") is outside the log", h.pos_seg, h.pos_off);
-        size_t pos = 0;
-        const void *k;
-        size_t kl;
-        keydir_loc loc;
-        while (!*why && keydir_next(kd, &pos, &k, &kl, &loc)) {
-            segment *s = db_seg(db, loc.seg);
-            if (!s || loc.off < SEG_HDR || (uint64_t)loc.off + loc.len > s->size)
-                snprintf(why, sizeof why, "an entry points outside the log (segment %u "
-                         "offset %u)", loc.seg, loc.off);
-        }
         for (size_t i = 0; !*why && i < db->nsegs; i++)
             if (db->segs[i] == ps)
                 *seg_idx = i;
         *off = h.pos_off;
     }
+    if (fd >= 0)
+        db->v->close(db->v, fd);
     free(buf);
     if (*why) {
         keydir_free(kd);
@@ -1157,6 +1235,7 @@ static int load_checkpoint(s4kv_db *db, size_t *seg_idx, uint64_t *off)
                    "segment", db->ckpt_name, why);
         return -1;
     }
+    keydir_mark(kd);
     keydir_free(db->kd);
     db->kd = kd;
     if (h.next_seq > db->next_seq)
