@@ -258,7 +258,10 @@ int manifest_parse(const char *text, size_t size, const char *name, manifest *m,
             m->next_segment = (uint32_t)v;
             have_next++;
         } else if (strcmp(kw, "checkpoint") == 0 && a1 && !a2) {
-            have_ck++;
+            if (have_ck++) {
+                why = "checkpoint named twice";
+                break;
+            }
             if (strcmp(a1, "-") != 0) {
                 if (strchr(a1, '/') || strncmp(a1, "index_", 6) != 0)
                     why = "bad checkpoint name";

@@ -803,3 +803,18 @@ Test(engine, files_are_not_readable_by_others)
     cr_assert_geq(n, 4, "LOCK, MANIFEST, a segment, a checkpoint");
     tu_rmtree_free(base);
 }
+
+/* Regression inputs found by fuzzing (fuzz/findings): each must be rejected
+ * cleanly (and, under ASan, without a leak). */
+Test(engine, manifest_fuzz_findings_rejected)
+{
+    const char *path = "fuzz/findings/fuzz_manifest-leak-duplicate-checkpoint-line";
+    size_t len;
+    char *text = (char *)tu_read_file(path, &len);
+    cr_assert_not_null(text, "missing %s (tests run from the repository root)", path);
+    manifest m;
+    char err[512] = "";
+    cr_assert_eq(manifest_parse(text, len, "finding", &m, err, sizeof err), S4KV_ECORRUPT);
+    cr_assert(strstr(err, "finding:"), "%s", err);
+    free(text);
+}

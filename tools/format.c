@@ -331,7 +331,7 @@ int fmt_write(FILE *out, fmt_format f, const void *key, size_t klen,
     char q[256];
     int rc = 0;
     switch (f) {
-    case FMT_NUL:
+    case FMT_NUL:; /* a declaration after a label needs C23; the ';' keeps C11 */
         int kz = klen && memchr(key, 0, klen), vz = vlen && memchr(val, 0, vlen);
         if (kz || vz) {
             seterr(err, errlen,
