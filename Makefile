@@ -192,13 +192,6 @@ $(FUZZ_B)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -MMD -MP -c $< -o $@
 
-# tools/format.c puts a declaration right after a case label (C23; gcc takes
-# it, clang 14 does not): clang compiles a copy with an empty statement
-# after each bare case label, which changes nothing else.
-$(FUZZ_B)/obj/tools/format.o: tools/format.c
-	@mkdir -p $(FUZZ_B)/src $(dir $@)
-	sed -E 's/^([[:space:]]*case [A-Za-z0-9_]+:)[[:space:]]*$$/\1;/' $< > $(FUZZ_B)/src/format.c
-	$(FUZZ_CC) $(FUZZ_CFLAGS) -MMD -MP -MT $@ -c $(FUZZ_B)/src/format.c -o $@
 
 -include $(FUZZ_LIBOBJ:.o=.d) $(FUZZ_ALL:%=$(FUZZ_B)/obj/fuzz/%.d)
 
