@@ -19,61 +19,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-/* ---- helpers ------------------------------------------------------------ */
 
-typedef struct res {
-    int rc;
-    char *out, *err;
-    size_t outlen;
-} res;
 
-static void res_free(res *r)
-{
-    free(r->out);
-    free(r->err);
-    r->out = r->err = NULL;
-}
 
-/* Runs s4kv [-d dir] ARGS... (NULL-terminated) with stdin from in/inlen. A
- * NULL dir passes no -d. */
-static res run_in(const char *dir, const void *in, size_t inlen, ...)
-{
-    char *argv[64];
-    int n = 0;
-    argv[n++] = (char *)tu_s4kv_bin();
-    if (dir) {
-        argv[n++] = "-d";
-        argv[n++] = (char *)dir;
-    }
-    va_list ap;
-    va_start(ap, inlen);
-    char *a;
-    while ((a = va_arg(ap, char *)) != NULL && n < 63)
-        argv[n++] = a;
-    va_end(ap);
-    argv[n] = NULL;
-    res r;
-    r.rc = tu_run(argv, in, inlen, &r.out, &r.outlen, &r.err);
-    return r;
-}
-
-#define RUN(dir, ...) run_in(dir, NULL, 0, __VA_ARGS__, (char *)NULL)
-#define RUNI(dir, in, inlen, ...) run_in(dir, in, inlen, __VA_ARGS__, (char *)NULL)
-
-/* Asserts status and (when want != NULL) exact stdout. */
-static void expect(res *r, int rc, const char *want, size_t wantlen, const char *what)
-{
-    cr_assert_eq(r->rc, rc, "%s: exit %d, want %d; stderr: %s", what, r->rc, rc, r->err);
-    if (want) {
-        cr_assert_eq(r->outlen, wantlen, "%s: stdout is %zu bytes, want %zu: [%s]", what,
-                     r->outlen, wantlen, r->out);
-        cr_assert(memcmp(r->out, want, wantlen) == 0, "%s: stdout [%s], want [%s]", what,
-                  r->out, want);
-    }
-}
 
 /* Asserts a one-line error message starting with "s4kv: " that contains sub. */
-static void expect_err(res *r, const char *sub, const char *what)
+static void expect_err(tu_res *r, const char *sub, const char *what)
 {
     cr_assert(strncmp(r->err, "s4kv: ", 6) == 0, "%s: stderr does not start with 's4kv: ': %s",
               what, r->err);
@@ -91,9 +42,9 @@ static char *db_path(const char *tmp, const char *name)
 /* Puts key -> value (binary) through stdin. */
 static void put_bin(const char *db, const char *key, const void *val, size_t vlen)
 {
-    res r = RUNI(db, val, vlen, "put", key, "-");
-    expect(&r, 0, NULL, 0, "put -");
-    res_free(&r);
+    tu_res r = RUNI(db, val, vlen, "put", key, "-");
+    tu_expect(&r, 0, NULL, 0, "put -");
+    tu_res_free(&r);
 }
 
 /* Random test records with unique, non-empty keys, written with fmt_write
@@ -139,49 +90,49 @@ Test(cli, put_get_delete)
 {
     char *tmp = tu_tmpdir("cli");
     char *db = db_path(tmp, "db");
-    res r = RUN(db, "put", "alpha", "one");
-    expect(&r, 0, "", 0, "put");
-    res_free(&r);
+    tu_res r = RUN(db, "put", "alpha", "one");
+    tu_expect(&r, 0, "", 0, "put");
+    tu_res_free(&r);
     r = RUN(db, "get", "alpha");
-    expect(&r, 0, "one", 3, "get");
-    res_free(&r);
+    tu_expect(&r, 0, "one", 3, "get");
+    tu_res_free(&r);
     r = RUN(db, "put", "alpha", "two");
-    res_free(&r);
+    tu_res_free(&r);
     r = RUN(db, "get", "alpha");
-    expect(&r, 0, "two", 3, "get after overwrite");
-    res_free(&r);
+    tu_expect(&r, 0, "two", 3, "get after overwrite");
+    tu_res_free(&r);
 
     r = RUN(db, "get", "missing");
-    expect(&r, 1, "", 0, "get of an absent key");
+    tu_expect(&r, 1, "", 0, "get of an absent key");
     expect_err(&r, "'missing'", "get of an absent key");
     expect_err(&r, "not found", "get of an absent key");
-    res_free(&r);
+    tu_res_free(&r);
 
     r = RUN(db, "put", "beta", "b");
-    res_free(&r);
+    tu_res_free(&r);
     r = RUN(db, "put", "gamma", "g");
-    res_free(&r);
+    tu_res_free(&r);
     r = RUN(db, "delete", "alpha", "beta", "never-there");
-    expect(&r, 0, "", 0, "delete of present and absent keys");
-    res_free(&r);
+    tu_expect(&r, 0, "", 0, "delete of present and absent keys");
+    tu_res_free(&r);
     r = RUN(db, "get", "alpha");
-    expect(&r, 1, "", 0, "get after delete");
-    res_free(&r);
+    tu_expect(&r, 1, "", 0, "get after delete");
+    tu_res_free(&r);
     r = RUN(db, "keys");
-    expect(&r, 0, "gamma\n", 6, "keys after delete");
-    res_free(&r);
+    tu_expect(&r, 0, "gamma\n", 6, "keys after delete");
+    tu_res_free(&r);
     r = RUN(db, "delete", "nothing");
-    expect(&r, 0, "", 0, "delete of an absent key");
+    tu_expect(&r, 0, "", 0, "delete of an absent key");
     cr_assert_str_eq(r.err, "");
-    res_free(&r);
+    tu_res_free(&r);
 
     /* keys that look like options, after -- */
     r = RUNI(db, "-", 1, "put", "--", "-dash", "-");
-    expect(&r, 0, "", 0, "put -- -dash - (value '-' on stdin)");
-    res_free(&r);
+    tu_expect(&r, 0, "", 0, "put -- -dash - (value '-' on stdin)");
+    tu_res_free(&r);
     r = RUN(db, "get", "--", "-dash");
-    expect(&r, 0, "-", 1, "a literal '-' value after --");
-    res_free(&r);
+    tu_expect(&r, 0, "-", 1, "a literal '-' value after --");
+    tu_res_free(&r);
     free(db);
     tu_rmtree_free(tmp);
 }
@@ -202,15 +153,15 @@ Test(cli, binary_values_through_stdin)
     put_bin(db, "random", rnd, big);
     put_bin(db, "empty", "", 0);
 
-    res r = RUN(db, "get", "all-bytes");
-    expect(&r, 0, (const char *)all, sizeof all, "all 256 byte values");
-    res_free(&r);
+    tu_res r = RUN(db, "get", "all-bytes");
+    tu_expect(&r, 0, (const char *)all, sizeof all, "all 256 byte values");
+    tu_res_free(&r);
     r = RUN(db, "get", "random");
-    expect(&r, 0, (const char *)rnd, big, "300 KiB of random bytes");
-    res_free(&r);
+    tu_expect(&r, 0, (const char *)rnd, big, "300 KiB of random bytes");
+    tu_res_free(&r);
     r = RUN(db, "get", "empty");
-    expect(&r, 0, "", 0, "empty value");
-    res_free(&r);
+    tu_expect(&r, 0, "", 0, "empty value");
+    tu_res_free(&r);
     free(rnd);
     free(db);
     tu_rmtree_free(tmp);
@@ -224,23 +175,23 @@ Test(cli, keys_sorted_prefix_and_nul)
     char *db = db_path(tmp, "db");
     const char *keys[] = { "b", "a\tb", "ab", "a", "c\\d", "user:2", "user:10", "\xc3\xa9" };
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
-        res r = RUN(db, "put", keys[i], "v");
-        expect(&r, 0, NULL, 0, keys[i]);
-        res_free(&r);
+        tu_res r = RUN(db, "put", keys[i], "v");
+        tu_expect(&r, 0, NULL, 0, keys[i]);
+        tu_res_free(&r);
     }
     static const char want[] = "a\na\\tb\nab\nb\nc\\\\d\nuser:10\nuser:2\n\xc3\xa9\n";
-    res r = RUN(db, "keys");
-    expect(&r, 0, want, sizeof want - 1, "keys, sorted by bytes, tsv-escaped");
-    res_free(&r);
+    tu_res r = RUN(db, "keys");
+    tu_expect(&r, 0, want, sizeof want - 1, "keys, sorted by bytes, tsv-escaped");
+    tu_res_free(&r);
     r = RUN(db, "keys", "--prefix", "user:");
-    expect(&r, 0, "user:10\nuser:2\n", 15, "keys --prefix");
-    res_free(&r);
+    tu_expect(&r, 0, "user:10\nuser:2\n", 15, "keys --prefix");
+    tu_res_free(&r);
     r = RUN(db, "keys", "--prefix=a", "-0");
-    expect(&r, 0, "a\0a\tb\0ab\0", 9, "keys --prefix=a -0 (raw)");
-    res_free(&r);
+    tu_expect(&r, 0, "a\0a\tb\0ab\0", 9, "keys --prefix=a -0 (raw)");
+    tu_res_free(&r);
     r = RUN(db, "keys", "--prefix", "zzz");
-    expect(&r, 0, "", 0, "keys with no match");
-    res_free(&r);
+    tu_expect(&r, 0, "", 0, "keys with no match");
+    tu_res_free(&r);
     free(db);
     tu_rmtree_free(tmp);
 }
@@ -249,30 +200,30 @@ Test(cli, scan_tsv_and_json)
 {
     char *tmp = tu_tmpdir("cli");
     char *db = db_path(tmp, "db");
-    res r = RUN(db, "put", "k1", "line1\nline2\ttab\\");
-    res_free(&r);
+    tu_res r = RUN(db, "put", "k1", "line1\nline2\ttab\\");
+    tu_res_free(&r);
     put_bin(db, "k2", "\xff\x00", 2);
     r = RUN(db, "put", "other", "x");
-    res_free(&r);
+    tu_res_free(&r);
 
     static const char tsv[] = "k1\tline1\\nline2\\ttab\\\\\nk2\t\xff\\0\nother\tx\n";
     r = RUN(db, "scan");
-    expect(&r, 0, tsv, sizeof tsv - 1, "scan");
-    res_free(&r);
+    tu_expect(&r, 0, tsv, sizeof tsv - 1, "scan");
+    tu_res_free(&r);
     static const char json[] =
         "{\"key\": \"k1\", \"value\": \"line1\\nline2\\ttab\\\\\"}\n"
         "{\"key\": \"k2\", \"value_b64\": \"/wA=\"}\n";
     r = RUN(db, "scan", "--json", "--prefix", "k");
-    expect(&r, 0, json, sizeof json - 1, "scan --json --prefix k");
-    res_free(&r);
+    tu_expect(&r, 0, json, sizeof json - 1, "scan --json --prefix k");
+    tu_res_free(&r);
     /* scan output is the tsv import format */
     char *db2 = db_path(tmp, "db2");
     r = RUNI(db2, tsv, sizeof tsv - 1, "import", "--format", "tsv");
-    expect(&r, 0, "", 0, "import of scan output");
-    res_free(&r);
+    tu_expect(&r, 0, "", 0, "import of scan output");
+    tu_res_free(&r);
     r = RUN(db2, "scan");
-    expect(&r, 0, tsv, sizeof tsv - 1, "scan after re-import");
-    res_free(&r);
+    tu_expect(&r, 0, tsv, sizeof tsv - 1, "scan after re-import");
+    tu_res_free(&r);
     free(db2);
     free(db);
     tu_rmtree_free(tmp);
@@ -294,25 +245,25 @@ Test(cli, export_import_export_is_identical)
         snprintf(name, sizeof name, "b-%s", FORMATS[fi]);
         char *db2 = db_path(tmp, name);
 
-        res r = RUNI(db1, text, len, "import", "--format", FORMATS[fi], "--batch", "64");
-        expect(&r, 0, "", 0, "import");
+        tu_res r = RUNI(db1, text, len, "import", "--format", FORMATS[fi], "--batch", "64");
+        tu_expect(&r, 0, "", 0, "import");
         cr_assert(strstr(r.err, "imported 500 records"), "summary: %s", r.err);
-        res_free(&r);
-        res e1 = RUN(db1, "export", "--format", FORMATS[fi]);
+        tu_res_free(&r);
+        tu_res e1 = RUN(db1, "export", "--format", FORMATS[fi]);
         /* the input was canonical and sorted: export gives it back exactly */
-        expect(&e1, 0, text, len, FORMATS[fi]);
+        tu_expect(&e1, 0, text, len, FORMATS[fi]);
         r = RUNI(db2, e1.out, e1.outlen, "import", "--format", FORMATS[fi]);
-        expect(&r, 0, "", 0, "re-import");
-        res_free(&r);
-        res e2 = RUN(db2, "export", "--format", FORMATS[fi]);
-        expect(&e2, 0, e1.out, e1.outlen, "export of the re-import");
+        tu_expect(&r, 0, "", 0, "re-import");
+        tu_res_free(&r);
+        tu_res e2 = RUN(db2, "export", "--format", FORMATS[fi]);
+        tu_expect(&e2, 0, e1.out, e1.outlen, "export of the re-import");
         /* and both databases agree in another format too */
-        res j1 = RUN(db1, "export"), j2 = RUN(db2, "export");
-        expect(&j2, 0, j1.out, j1.outlen, "jsonl exports of both");
-        res_free(&e1);
-        res_free(&e2);
-        res_free(&j1);
-        res_free(&j2);
+        tu_res j1 = RUN(db1, "export"), j2 = RUN(db2, "export");
+        tu_expect(&j2, 0, j1.out, j1.outlen, "jsonl exports of both");
+        tu_res_free(&e1);
+        tu_res_free(&e2);
+        tu_res_free(&j1);
+        tu_res_free(&j2);
         free(text);
         free(db1);
         free(db2);
@@ -325,12 +276,12 @@ Test(cli, import_later_record_wins)
     char *tmp = tu_tmpdir("cli");
     char *db = db_path(tmp, "db");
     static const char in[] = "k\t1\nj\tx\nk\t2\n";
-    res r = RUNI(db, in, sizeof in - 1, "import", "--format", "tsv", "--batch", "1");
-    expect(&r, 0, "", 0, "import");
-    res_free(&r);
+    tu_res r = RUNI(db, in, sizeof in - 1, "import", "--format", "tsv", "--batch", "1");
+    tu_expect(&r, 0, "", 0, "import");
+    tu_res_free(&r);
     r = RUN(db, "get", "k");
-    expect(&r, 0, "2", 1, "later record wins");
-    res_free(&r);
+    tu_expect(&r, 0, "2", 1, "later record wins");
+    tu_res_free(&r);
     free(db);
     tu_rmtree_free(tmp);
 }
@@ -340,37 +291,37 @@ Test(cli, import_error_names_line_and_keeps_batches)
     char *tmp = tu_tmpdir("cli");
     char *db = db_path(tmp, "db");
     static const char in[] = "a\t1\nb\t2\nc\t3\nd\t4\ne\t5\nbroken line\nf\t6\n";
-    res r = RUNI(db, in, sizeof in - 1, "import", "--format", "tsv", "--batch", "2");
+    tu_res r = RUNI(db, in, sizeof in - 1, "import", "--format", "tsv", "--batch", "2");
     cr_assert_eq(r.rc, 3, "exit %d: %s", r.rc, r.err);
     expect_err(&r, "line 6", "malformed tsv");
     expect_err(&r, "missing TAB", "malformed tsv");
     expect_err(&r, "4 records imported before the error", "malformed tsv");
     cr_assert_eq(strchr(r.err, '\n'), r.err + strlen(r.err) - 1, "one line: %s", r.err);
-    res_free(&r);
+    tu_res_free(&r);
     /* batches [a b] [c d] are committed; e was in the open batch */
     r = RUN(db, "keys");
-    expect(&r, 0, "a\nb\nc\nd\n", 8, "keys after the failed import");
-    res_free(&r);
+    tu_expect(&r, 0, "a\nb\nc\nd\n", 8, "keys after the failed import");
+    tu_res_free(&r);
 
     static const char js[] = "{\"key\": \"x\", \"value\": \"1\"}\n{\"key\": \"y\", \"value\": 2}\n";
     r = RUNI(db, js, sizeof js - 1, "import", "--batch", "1");
     cr_assert_eq(r.rc, 3);
     expect_err(&r, "line 2", "malformed jsonl");
     expect_err(&r, "1 records imported before the error", "malformed jsonl");
-    res_free(&r);
+    tu_res_free(&r);
     r = RUN(db, "get", "x");
-    expect(&r, 0, "1", 1, "record before the bad line");
-    res_free(&r);
+    tu_expect(&r, 0, "1", 1, "record before the bad line");
+    tu_res_free(&r);
 
     static const char nul[] = "p\0" "1\0" "q\0" "2";
     r = RUNI(db, nul, sizeof nul - 1, "import", "--format", "nul");
     cr_assert_eq(r.rc, 3);
     expect_err(&r, "record 2", "incomplete nul record");
     expect_err(&r, "0 records imported before the error", "incomplete nul record");
-    res_free(&r);
+    tu_res_free(&r);
     r = RUN(db, "get", "p");
-    expect(&r, 1, "", 0, "nothing of the failed batch is committed");
-    res_free(&r);
+    tu_expect(&r, 1, "", 0, "nothing of the failed batch is committed");
+    tu_res_free(&r);
 
     /* a key past S4KV_MAX_KEY_BYTES names its line */
     size_t biglen = 70000;
@@ -383,19 +334,19 @@ Test(cli, import_error_names_line_and_keeps_batches)
     expect_err(&r, "line 2", "oversized key");
     expect_err(&r, "65535", "oversized key");
     expect_err(&r, "1 records imported before the error", "oversized key");
-    res_free(&r);
+    tu_res_free(&r);
     big[biglen] = 0;
     r = RUN(db, "put", big + 5, "v");
     cr_assert_eq(r.rc, 2, "put of an oversized key: exit %d: %s", r.rc, r.err);
     expect_err(&r, "65535", "put of an oversized key");
-    res_free(&r);
+    tu_res_free(&r);
     free(big);
 
     static const char empty_key[] = "\tvalue\n";
     r = RUNI(db, empty_key, sizeof empty_key - 1, "import", "--format", "tsv");
     cr_assert_eq(r.rc, 3);
     expect_err(&r, "line 1: empty key", "empty key");
-    res_free(&r);
+    tu_res_free(&r);
     free(db);
     tu_rmtree_free(tmp);
 }
@@ -405,17 +356,17 @@ Test(cli, export_nul_refuses_nul_bytes)
     char *tmp = tu_tmpdir("cli");
     char *db = db_path(tmp, "db");
     put_bin(db, "has-nul", "a\0b", 3);
-    res r = RUN(db, "export", "--format", "nul");
+    tu_res r = RUN(db, "export", "--format", "nul");
     cr_assert_eq(r.rc, 3);
     expect_err(&r, "'has-nul'", "nul export of a NUL value");
-    res_free(&r);
+    tu_res_free(&r);
     r = RUN(db, "export", "--format", "tsv");
-    expect(&r, 0, "has-nul\ta\\0b\n", 13, "tsv carries it");
-    res_free(&r);
+    tu_expect(&r, 0, "has-nul\ta\\0b\n", 13, "tsv carries it");
+    tu_res_free(&r);
     r = RUN(db, "export");
     static const char js[] = "{\"key\": \"has-nul\", \"value\": \"a\\u0000b\"}\n";
-    expect(&r, 0, js, sizeof js - 1, "jsonl carries it as \\u0000");
-    res_free(&r);
+    tu_expect(&r, 0, js, sizeof js - 1, "jsonl carries it as \\u0000");
+    tu_res_free(&r);
     free(db);
     tu_rmtree_free(tmp);
 }
@@ -428,21 +379,21 @@ Test(cli, stats_verify_compact_rebuild)
     char *db = db_path(tmp, "db");
     size_t len;
     char *text = make_records(FMT_JSONL, 7, 300, &len);
-    res r = RUNI(db, text, len, "import");
-    expect(&r, 0, "", 0, "import");
-    res_free(&r);
+    tu_res r = RUNI(db, text, len, "import");
+    tu_expect(&r, 0, "", 0, "import");
+    tu_res_free(&r);
     r = RUN(db, "put", "gone1", "x");
-    res_free(&r);
+    tu_res_free(&r);
     r = RUN(db, "put", "gone2", "y");
-    res_free(&r);
+    tu_res_free(&r);
     r = RUN(db, "delete", "gone1", "gone2");
-    expect(&r, 0, "", 0, "delete");
-    res_free(&r);
-    res before = RUN(db, "export");
-    expect(&before, 0, NULL, 0, "export");
+    tu_expect(&r, 0, "", 0, "delete");
+    tu_res_free(&r);
+    tu_res before = RUN(db, "export");
+    tu_expect(&before, 0, NULL, 0, "export");
 
     r = RUN(db, "stats", "--json");
-    expect(&r, 0, NULL, 0, "stats --json");
+    tu_expect(&r, 0, NULL, 0, "stats --json");
     json_error_t je;
     json_t *o = json_loads(r.out, 0, &je);
     cr_assert(o, "stats --json is not JSON: %s (%s)", je.text, r.out);
@@ -453,32 +404,32 @@ Test(cli, stats_verify_compact_rebuild)
     cr_assert_eq(json_integer_value(json_object_get(o, "keys")), 300);
     cr_assert_eq(json_object_size(o), 9);
     json_decref(o);
-    res_free(&r);
+    tu_res_free(&r);
     r = RUN(db, "stats");
-    expect(&r, 0, NULL, 0, "stats");
+    tu_expect(&r, 0, NULL, 0, "stats");
     cr_assert(strstr(r.out, "keys:") && strstr(r.out, "300"), "%s", r.out);
-    res_free(&r);
+    tu_res_free(&r);
 
     r = RUN(db, "verify");
-    expect(&r, 0, NULL, 0, "verify");
+    tu_expect(&r, 0, NULL, 0, "verify");
     cr_assert(strstr(r.out, "bad records:      0"), "%s", r.out);
     cr_assert(strstr(r.out, "result:           ok"), "%s", r.out);
-    res_free(&r);
+    tu_res_free(&r);
     r = RUN(db, "compact");
-    expect(&r, 0, "", 0, "compact");
+    tu_expect(&r, 0, "", 0, "compact");
     cr_assert(strstr(r.err, "compacted"), "summary: %s", r.err);
-    res_free(&r);
+    tu_res_free(&r);
     r = RUN(db, "rebuild-index");
-    expect(&r, 0, "", 0, "rebuild-index");
+    tu_expect(&r, 0, "", 0, "rebuild-index");
     cr_assert(strstr(r.err, "300 keys"), "summary: %s", r.err);
-    res_free(&r);
+    tu_res_free(&r);
     r = RUN(db, "verify");
-    expect(&r, 0, NULL, 0, "verify after compact");
-    res_free(&r);
+    tu_expect(&r, 0, NULL, 0, "verify after compact");
+    tu_res_free(&r);
     r = RUN(db, "export");
-    expect(&r, 0, before.out, before.outlen, "the same records after compact and rebuild");
-    res_free(&r);
-    res_free(&before);
+    tu_expect(&r, 0, before.out, before.outlen, "the same records after compact and rebuild");
+    tu_res_free(&r);
+    tu_res_free(&before);
     free(text);
     free(db);
     tu_rmtree_free(tmp);
@@ -527,18 +478,18 @@ Test(cli, corruption_exits_4)
     /* Random bytes do not compress, so they are stored raw and must be found. */
     cr_assert(flip_in_segments(db, vals[1], sizeof vals[1]),
               "the value bytes were not found raw in a data_*.s4kv segment");
-    res r = RUN(db, "verify");
+    tu_res r = RUN(db, "verify");
     cr_assert_eq(r.rc, 4, "verify of a damaged database: exit %d, stderr %s", r.rc, r.err);
     cr_assert(strstr(r.out, "PROBLEMS FOUND"), "%s", r.out);
     expect_err(&r, "verify", "verify");
-    res_free(&r);
+    tu_res_free(&r);
     r = RUN(db, "get", "key1");
     cr_assert(r.rc == 4 || r.rc == 1, "get of the damaged record: exit %d (%s)", r.rc, r.err);
     cr_assert_eq(r.outlen, 0, "no wrong data on stdout");
-    res_free(&r);
+    tu_res_free(&r);
     r = RUN(db, "get", "key2");
-    expect(&r, 0, (const char *)vals[2], sizeof vals[2], "an intact key");
-    res_free(&r);
+    tu_expect(&r, 0, (const char *)vals[2], sizeof vals[2], "an intact key");
+    tu_res_free(&r);
     free(db);
     tu_rmtree_free(tmp);
 }
@@ -573,22 +524,22 @@ Test(cli, usage_errors_exit_2)
         for (int j = 0; j < 6 && cases[i].a[j]; j++)
             argv[n++] = (char *)cases[i].a[j];
         argv[n] = NULL;
-        res r;
+        tu_res r;
         r.rc = tu_run(argv, NULL, 0, &r.out, &r.outlen, &r.err);
         cr_assert_eq(r.rc, 2, "case %zu (%s): exit %d: %s", i, cases[i].a[0], r.rc, r.err);
         expect_err(&r, cases[i].msg, cases[i].a[0]);
         cr_assert_eq(r.outlen, 0);
-        res_free(&r);
+        tu_res_free(&r);
     }
-    res r = RUN(NULL, "--bogus");
+    tu_res r = RUN(NULL, "--bogus");
     cr_assert_eq(r.rc, 2);
     expect_err(&r, "unknown option", "global option");
-    res_free(&r);
+    tu_res_free(&r);
     char *argv[] = { (char *)tu_s4kv_bin(), NULL };
     r.rc = tu_run(argv, NULL, 0, &r.out, &r.outlen, &r.err);
     cr_assert_eq(r.rc, 2);
     expect_err(&r, "no command", "no arguments");
-    res_free(&r);
+    tu_res_free(&r);
     /* none of that created the database */
     struct stat st;
     cr_assert(stat(db, &st) != 0, "a usage error created %s", db);
@@ -601,34 +552,34 @@ Test(cli, help_on_every_command)
     const char *cmds[] = { "put", "get", "delete", "keys", "scan", "import", "export",
                            "compact", "rebuild-index", "verify", "stats" };
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
-        res r = RUN("/nonexistent/s4kv-help", cmds[i], "--help");
+        tu_res r = RUN("/nonexistent/s4kv-help", cmds[i], "--help");
         cr_assert_eq(r.rc, 0, "%s --help: exit %d: %s", cmds[i], r.rc, r.err);
         cr_assert(strncmp(r.out, "usage: s4kv", 11) == 0, "%s --help: %s", cmds[i], r.out);
         cr_assert(strstr(r.out, cmds[i]), "%s --help does not name it", cmds[i]);
         cr_assert(strstr(r.out, "Exit status"), "%s --help lacks exit codes", cmds[i]);
         cr_assert_str_eq(r.err, "");
-        res_free(&r);
+        tu_res_free(&r);
         r = RUN(NULL, cmds[i], "-h");
         cr_assert_eq(r.rc, 0, "%s -h", cmds[i]);
-        res_free(&r);
+        tu_res_free(&r);
     }
-    res r = RUN(NULL, "export", "--help");
+    tu_res r = RUN(NULL, "export", "--help");
     cr_assert(strstr(r.out, "{\"key\": \"K\", \"value\": \"V\"}") && strstr(r.out, "\\\\ \\t \\n \\r \\0"),
               "export --help lacks the formats: %s", r.out);
-    res_free(&r);
+    tu_res_free(&r);
     r = RUN(NULL, "--help");
     cr_assert_eq(r.rc, 0);
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         cr_assert(strstr(r.out, cmds[i]), "--help does not list %s", cmds[i]);
     cr_assert(strstr(r.out, "S4KV_DIR") && strstr(r.out, "Exit status"));
-    res_free(&r);
+    tu_res_free(&r);
     r = RUN(NULL, "-h");
     cr_assert_eq(r.rc, 0);
-    res_free(&r);
+    tu_res_free(&r);
     r = RUN(NULL, "--version");
     cr_assert_eq(r.rc, 0);
     cr_assert(strncmp(r.out, "s4kv ", 5) == 0, "%s", r.out);
-    res_free(&r);
+    tu_res_free(&r);
 }
 
 Test(cli, read_only_commands_on_missing_dir)
@@ -639,11 +590,11 @@ Test(cli, read_only_commands_on_missing_dir)
                               { "export", NULL }, { "verify", NULL }, { "stats", NULL },
                               { "compact", NULL }, { "rebuild-index", NULL } };
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
-        res r = cmds[i][1] ? RUN(db, cmds[i][0], cmds[i][1]) : RUN(db, cmds[i][0]);
+        tu_res r = cmds[i][1] ? RUN(db, cmds[i][0], cmds[i][1]) : RUN(db, cmds[i][0]);
         cr_assert_eq(r.rc, 3, "%s on a missing dir: exit %d: %s", cmds[i][0], r.rc, r.err);
         expect_err(&r, "no database at", cmds[i][0]);
         expect_err(&r, db, cmds[i][0]);
-        res_free(&r);
+        tu_res_free(&r);
     }
     struct stat st;
     cr_assert(stat(db, &st) != 0, "a read-only command created %s", db);
@@ -657,19 +608,19 @@ Test(cli, dir_option_spellings_and_env)
     char *db = db_path(tmp, "db");
     char opt[4096];
     snprintf(opt, sizeof opt, "--dir=%s", db);
-    res r = RUN(NULL, opt, "put", "k", "v1");
-    expect(&r, 0, "", 0, "--dir=DIR");
-    res_free(&r);
+    tu_res r = RUN(NULL, opt, "put", "k", "v1");
+    tu_expect(&r, 0, "", 0, "--dir=DIR");
+    tu_res_free(&r);
     r = RUN(NULL, "--dir", db, "get", "k");
-    expect(&r, 0, "v1", 2, "--dir DIR");
-    res_free(&r);
+    tu_expect(&r, 0, "v1", 2, "--dir DIR");
+    tu_res_free(&r);
     r = RUN(NULL, "get", "k", "-d", db);
-    expect(&r, 0, "v1", 2, "-d after the command");
-    res_free(&r);
+    tu_expect(&r, 0, "v1", 2, "-d after the command");
+    tu_res_free(&r);
     setenv("S4KV_DIR", db, 1);
     r = RUN(NULL, "get", "k");
-    expect(&r, 0, "v1", 2, "$S4KV_DIR");
-    res_free(&r);
+    tu_expect(&r, 0, "v1", 2, "$S4KV_DIR");
+    tu_res_free(&r);
     unsetenv("S4KV_DIR");
     free(db);
     tu_rmtree_free(tmp);
@@ -679,9 +630,9 @@ Test(cli, locked_database_exits_5)
 {
     char *tmp = tu_tmpdir("cli");
     char *db = db_path(tmp, "db");
-    res r = RUN(db, "put", "k", "v");
-    expect(&r, 0, "", 0, "put");
-    res_free(&r);
+    tu_res r = RUN(db, "put", "k", "v");
+    tu_expect(&r, 0, "", 0, "put");
+    tu_res_free(&r);
     /* hold the writer lock the way a read-write handle does (kv/FORMAT.md) */
     char *lock = db_path(db, "LOCK");
     int fd = open(lock, O_RDWR | O_CREAT, 0644);
@@ -690,21 +641,21 @@ Test(cli, locked_database_exits_5)
     r = RUN(db, "put", "k", "w");
     cr_assert_eq(r.rc, 5, "put beside a writer: exit %d: %s", r.rc, r.err);
     expect_err(&r, "locked", "put beside a writer");
-    res_free(&r);
+    tu_res_free(&r);
     r = RUNI(db, "a\t1\n", 4, "import", "--format", "tsv");
     cr_assert_eq(r.rc, 5, "import beside a writer: exit %d: %s", r.rc, r.err);
-    res_free(&r);
+    tu_res_free(&r);
     /* read-only commands run beside the writer */
     r = RUN(db, "get", "k");
-    expect(&r, 0, "v", 1, "get beside a writer");
-    res_free(&r);
+    tu_expect(&r, 0, "v", 1, "get beside a writer");
+    tu_res_free(&r);
     r = RUN(db, "keys");
-    expect(&r, 0, "k\n", 2, "keys beside a writer");
-    res_free(&r);
+    tu_expect(&r, 0, "k\n", 2, "keys beside a writer");
+    tu_res_free(&r);
     close(fd);
     r = RUN(db, "put", "k", "w");
-    expect(&r, 0, "", 0, "put after the lock is released");
-    res_free(&r);
+    tu_expect(&r, 0, "", 0, "put after the lock is released");
+    tu_res_free(&r);
     free(lock);
     free(db);
     tu_rmtree_free(tmp);
@@ -737,9 +688,9 @@ Test(cli, stdout_write_errors)
     char *errpath = db_path(tmp, "stderr.txt");
     size_t len;
     char *text = make_records(FMT_TSV, 3, 400, &len);
-    res r = RUNI(db, text, len, "import", "--format", "tsv");
-    expect(&r, 0, "", 0, "import");
-    res_free(&r);
+    tu_res r = RUNI(db, text, len, "import", "--format", "tsv");
+    tu_expect(&r, 0, "", 0, "import");
+    tu_res_free(&r);
 
     /* a closed pipe: exit 3 without a message */
     int p[2];

@@ -28,98 +28,12 @@
 #include "s3util.h"
 #include "util.h"
 
-static long long now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
-}
 
-/* ---- a minimal HTTP client (one request per connection) */
 
-static int tcp_connect(int port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    cr_assert(fd >= 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
-        close(fd);
-        return -1;
-    }
-    struct timeval tv = {20, 0};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    return fd;
-}
 
-static void send_all(int fd, const void *p, size_t n)
-{
-    const char *c = p;
-    while (n) {
-        ssize_t w = send(fd, c, n, MSG_NOSIGNAL);
-        cr_assert(w > 0, "send: %s", strerror(errno));
-        c += w;
-        n -= (size_t)w;
-    }
-}
 
-typedef struct resp {
-    int status;
-    char head[4096];
-    char *body;
-    size_t blen;
-} resp;
 
-static void read_resp(int fd, resp *r)
-{
-    memset(r, 0, sizeof *r);
-    size_t n = 0;
-    for (;;) {
-        cr_assert(n < sizeof r->head - 1, "response head too long");
-        ssize_t g = recv(fd, r->head + n, 1, 0);
-        cr_assert(g == 1, "connection closed reading a response head (%zu bytes: %.*s)", n,
-                  (int)n, r->head);
-        n++;
-        if (n >= 4 && memcmp(r->head + n - 4, "\r\n\r\n", 4) == 0)
-            break;
-    }
-    r->head[n] = 0;
-    cr_assert(sscanf(r->head, "HTTP/1.1 %d", &r->status) == 1, "%s", r->head);
-    const char *cl = strcasestr(r->head, "\r\nContent-Length:");
-    cr_assert(cl, "no Content-Length: %s", r->head);
-    r->blen = strtoul(cl + 17, NULL, 10);
-    r->body = malloc(r->blen + 1);
-    size_t got = 0;
-    while (got < r->blen) {
-        ssize_t g = recv(fd, r->body + got, r->blen - got, 0);
-        cr_assert(g > 0, "body cut short");
-        got += (size_t)g;
-    }
-    r->body[r->blen] = 0;
-}
-
-static resp req(int port, const char *method, const char *path, const void *body, size_t blen)
-{
-    int fd = tcp_connect(port);
-    cr_assert(fd >= 0, "connect: %s", strerror(errno));
-    char head[1024];
-    int hl = snprintf(head, sizeof head, "%s %s HTTP/1.1\r\nHost: t\r\nContent-Length: %zu\r\n\r\n",
-                      method, path, blen);
-    send_all(fd, head, (size_t)hl);
-    if (blen)
-        send_all(fd, body, blen);
-    resp r;
-    read_resp(fd, &r);
-    close(fd);
-    return r;
-}
 
 /* ---- the daemon as a child process */
 
@@ -155,7 +69,7 @@ static void daemon_start(sdaemon *d, const char *dir, const char *url, const cha
     d->pid = pid;
     char path[PATH_MAX];
     snprintf(path, sizeof path, "%s/SYNC_ADDR", dir);
-    long long t0 = now_ms();
+    long long t0 = tu_now_ms();
     for (;;) {
         size_t n;
         uint8_t *a = tu_read_file(path, &n);
@@ -173,8 +87,8 @@ static void daemon_start(sdaemon *d, const char *dir, const char *url, const cha
             uint8_t *l = tu_read_file(d->logfile, &n);
             cr_assert_fail("s4kv sync exited at start (status %d): %s", st, l ? (char *)l : "");
         }
-        cr_assert(now_ms() - t0 < 15000, "s4kv sync wrote no SYNC_ADDR in 15 s");
-        sleep_ms(20);
+        cr_assert(tu_now_ms() - t0 < 15000, "s4kv sync wrote no SYNC_ADDR in 15 s");
+        tu_sleep_ms(20);
     }
 }
 
@@ -183,10 +97,10 @@ static void daemon_stop(sdaemon *d)
 {
     cr_assert_eq(kill(d->pid, SIGTERM), 0);
     int st = 0;
-    long long t0 = now_ms();
+    long long t0 = tu_now_ms();
     while (waitpid(d->pid, &st, WNOHANG) == 0) {
-        cr_assert(now_ms() - t0 < 30000, "s4kv sync did not exit within 30 s of SIGTERM");
-        sleep_ms(20);
+        cr_assert(tu_now_ms() - t0 < 30000, "s4kv sync did not exit within 30 s of SIGTERM");
+        tu_sleep_ms(20);
     }
     size_t n;
     uint8_t *l = tu_read_file(d->logfile, &n);
@@ -227,7 +141,7 @@ static void run_free(run *r)
 /* The daemon's counter line `name` (e.g. s4kv_http_requests_total{op="batch"}). */
 static long metric(int port, const char *name)
 {
-    resp r = req(port, "GET", "/metrics", NULL, 0);
+    tu_resp r = tu_http(port, "GET", "/metrics", NULL, 0, NULL);
     cr_assert_eq(r.status, 200);
     char pat[200];
     snprintf(pat, sizeof pat, "\n%s ", name);
@@ -269,7 +183,7 @@ Test(cli_daemon, put_get_delete_keys_go_through_the_daemon, .timeout = 120)
         run_free(&r);
     }
     /* The daemon holds the values (the CLI did not write the files itself). */
-    resp h = req(d.port, "GET", "/v1/kv/bin%20key%2F%C3%BC", NULL, 0);
+    tu_resp h = tu_http(d.port, "GET", "/v1/kv/bin%20key%2F%C3%BC", NULL, 0, NULL);
     cr_assert_eq(h.status, 200, "%s", h.head);
     cr_assert(h.blen == sizeof val && memcmp(h.body, val, sizeof val) == 0);
     free(h.body);
@@ -408,7 +322,7 @@ static size_t rec(uint8_t *p, uint8_t op, const void *k, uint32_t kl, const void
 
 static void expect_400(int port, const void *body, size_t n, const char *want)
 {
-    resp r = req(port, "POST", "/v1/batch", body, n);
+    tu_resp r = tu_http(port, "POST", "/v1/batch", body, n, NULL);
     cr_assert_eq(r.status, 400, "%s%s", r.head, r.body);
     cr_assert(strstr(r.body, want), "wanted \"%s\" in: %s", want, r.body);
     free(r.body);
@@ -451,27 +365,27 @@ Test(cli_daemon, batch_framing_validated_and_applied_whole, .timeout = 120)
     b[n++] = 0; b[n++] = 0; b[n++] = 0; b[n++] = 0;
     expect_400(d.port, b, n, "byte offset 12: key length 4294967295");
     expect_400(d.port, "", 0, "empty");
-    resp r = req(d.port, "GET", "/v1/kv/x", NULL, 0);
+    tu_resp r = tu_http(d.port, "GET", "/v1/kv/x", NULL, 0, NULL);
     cr_assert_eq(r.status, 404, "a rejected batch wrote its first record");
     free(r.body);
 
     /* Oversized: 413 from the head. */
-    int fd = tcp_connect(d.port);
+    int fd = tu_tcp_connect(d.port);
     const char big[] = "POST /v1/batch HTTP/1.1\r\nHost: t\r\nContent-Length: 67108865\r\n\r\n";
-    send_all(fd, big, sizeof big - 1);
-    read_resp(fd, &r);
+    tu_send_all(fd, big, sizeof big - 1);
+    tu_read_resp(fd, &r);
     cr_assert_eq(r.status, 413, "%s", r.head);
     free(r.body);
     close(fd);
-    r = req(d.port, "GET", "/v1/batch", NULL, 0);
+    r = tu_http(d.port, "GET", "/v1/batch", NULL, 0, NULL);
     cr_assert(r.status == 405 && strcasestr(r.head, "Allow: POST"), "%s", r.head);
     free(r.body);
 
     /* A mixed batch applies whole. */
-    r = req(d.port, "PUT", "/v1/kv/d1", "old1", 4);
+    r = tu_http(d.port, "PUT", "/v1/kv/d1", "old1", 4, NULL);
     cr_assert_eq(r.status, 204);
     free(r.body);
-    r = req(d.port, "PUT", "/v1/kv/d2", "old2", 4);
+    r = tu_http(d.port, "PUT", "/v1/kv/d2", "old2", 4, NULL);
     cr_assert_eq(r.status, 204);
     free(r.body);
     const uint8_t binv[] = {0, 1, 0xff, 0, 'z'};
@@ -482,7 +396,7 @@ Test(cli_daemon, batch_framing_validated_and_applied_whole, .timeout = 120)
     n += rec(b + n, 1, "a", 1, "A2", 2); /* a later record for the same key wins */
     n += rec(b + n, 2, "never", 5, NULL, 0);
     n += rec(b + n, 1, "e", 1, NULL, 0); /* an empty value */
-    r = req(d.port, "POST", "/v1/batch", b, n);
+    r = tu_http(d.port, "POST", "/v1/batch", b, n, NULL);
     cr_assert_eq(r.status, 204, "%s%s", r.head, r.body);
     free(r.body);
     struct { const char *path; int status; const void *v; size_t vl; } want[] = {
@@ -491,7 +405,7 @@ Test(cli_daemon, batch_framing_validated_and_applied_whole, .timeout = 120)
         {"/v1/kv/never", 404, NULL, 0},    {"/v1/kv/e", 200, "", 0},
     };
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
-        r = req(d.port, "GET", want[i].path, NULL, 0);
+        r = tu_http(d.port, "GET", want[i].path, NULL, 0, NULL);
         cr_assert_eq(r.status, want[i].status, "%s: %s", want[i].path, r.head);
         if (want[i].status == 200)
             cr_assert(r.blen == want[i].vl && memcmp(r.body, want[i].v, r.blen) == 0,

@@ -25,60 +25,12 @@
 
 #define URL "s3://bkt/p/"
 
-/* ---- helpers ------------------------------------------------------------ */
 
-typedef struct res {
-    int rc;
-    char *out, *err;
-    size_t outlen;
-} res;
 
-static void res_free(res *r)
-{
-    free(r->out);
-    free(r->err);
-    r->out = r->err = NULL;
-}
 
-/* Runs s4kv [-d dir] ARGS... (NULL-terminated) with stdin from in/inlen. A
- * NULL dir passes no -d. */
-static res run_in(const char *dir, const void *in, size_t inlen, ...)
-{
-    char *argv[64];
-    int n = 0;
-    argv[n++] = (char *)tu_s4kv_bin();
-    if (dir) {
-        argv[n++] = "-d";
-        argv[n++] = (char *)dir;
-    }
-    va_list ap;
-    va_start(ap, inlen);
-    char *a;
-    while ((a = va_arg(ap, char *)) != NULL && n < 63)
-        argv[n++] = a;
-    va_end(ap);
-    argv[n] = NULL;
-    res r;
-    r.rc = tu_run(argv, in, inlen, &r.out, &r.outlen, &r.err);
-    return r;
-}
-
-#define RUN(dir, ...) run_in(dir, NULL, 0, __VA_ARGS__, (char *)NULL)
-#define RUNI(dir, in, inlen, ...) run_in(dir, in, inlen, __VA_ARGS__, (char *)NULL)
-
-/* Asserts status and (when want != NULL) exact stdout. */
-static void expect(res *r, int rc, const char *want, size_t wantlen, const char *what)
-{
-    cr_assert_eq(r->rc, rc, "%s: exit %d, want %d; stderr: %s", what, r->rc, rc, r->err);
-    if (want) {
-        cr_assert_eq(r->outlen, wantlen, "%s: stdout is %zu bytes, want %zu", what,
-                     r->outlen, wantlen);
-        cr_assert(memcmp(r->out, want, wantlen) == 0, "%s: stdout differs", what);
-    }
-}
 
 /* Asserts exactly one line on stderr, starting with "s4kv: " and holding sub. */
-static void expect_err1(res *r, const char *sub, const char *what)
+static void expect_err1(tu_res *r, const char *sub, const char *what)
 {
     cr_assert(strncmp(r->err, "s4kv: ", 6) == 0, "%s: stderr does not start with 's4kv: ': %s",
               what, r->err);
@@ -125,9 +77,9 @@ static char *make_records(uint64_t seed, size_t n, size_t *len)
 static char *import_records(const char *db, uint64_t seed, size_t n, size_t *len)
 {
     char *text = make_records(seed, n, len);
-    res r = RUNI(db, text, *len, "import", "--batch", "50");
-    expect(&r, 0, "", 0, "import");
-    res_free(&r);
+    tu_res r = RUNI(db, text, *len, "import", "--batch", "50");
+    tu_expect(&r, 0, "", 0, "import");
+    tu_res_free(&r);
     return text;
 }
 
@@ -136,12 +88,12 @@ static char *import_records(const char *db, uint64_t seed, size_t n, size_t *len
 static void same_local_remote(const char *db, const char *missing, const char *what,
                               const char *a1, const char *a2, const char *a3)
 {
-    res l = RUN(db, a1, a2, a3), r = RUN(missing, "--s3", URL, a1, a2, a3);
-    expect(&l, 0, NULL, 0, what);
-    expect(&r, 0, l.out, l.outlen, what);
+    tu_res l = RUN(db, a1, a2, a3), r = RUN(missing, "--s3", URL, a1, a2, a3);
+    tu_expect(&l, 0, NULL, 0, what);
+    tu_expect(&r, 0, l.out, l.outlen, what);
     cr_assert(l.outlen > 0, "%s: empty output", what);
-    res_free(&l);
-    res_free(&r);
+    tu_res_free(&l);
+    tu_res_free(&r);
 }
 
 /* Moves the test process (and so its CLI children) into a fresh directory
@@ -171,44 +123,44 @@ Test(cli_s3, upload_then_remote_reads_match_local)
     size_t len;
     char *text = import_records(db, 1, 300, &len);
 
-    res r = RUN(db, "--s3", URL, "upload");
-    expect(&r, 0, "", 0, "first upload");
+    tu_res r = RUN(db, "--s3", URL, "upload");
+    tu_expect(&r, 0, "", 0, "first upload");
     cr_assert(strstr(r.err, "uploaded ") && strstr(r.err, "published generation 1"),
               "upload summary: %s", r.err);
     cr_assert(strstr(r.err, "requests") && strstr(r.err, "MB/s"), "upload summary: %s", r.err);
-    res_free(&r);
+    tu_res_free(&r);
     r = RUN(db, "upload", "--s3", URL); /* the option after the command, too */
-    expect(&r, 0, "", 0, "second upload");
+    tu_expect(&r, 0, "", 0, "second upload");
     cr_assert(strstr(r.err, "nothing to upload"), "second upload: %s", r.err);
-    res_free(&r);
+    tu_res_free(&r);
 
     /* a binary value with NUL bytes, put through stdin with --s3 (uploads) */
     static const char bin[] = "\0a\0\xff\n\r\tz\0";
     r = RUNI(db, bin, sizeof bin, "--s3", URL, "put", "bin", "-");
-    expect(&r, 0, "", 0, "put --s3 -");
-    res_free(&r);
+    tu_expect(&r, 0, "", 0, "put --s3 -");
+    tu_res_free(&r);
 
     /* get with no -d at all: the cwd holds no s4kv-data, so S3 alone */
     r = RUN(NULL, "--s3", URL, "get", "bin");
-    expect(&r, 0, bin, sizeof bin, "remote get of the binary value, no -d");
-    res_free(&r);
+    tu_expect(&r, 0, bin, sizeof bin, "remote get of the binary value, no -d");
+    tu_res_free(&r);
     /* $S4KV_S3 instead of --s3, and a -d naming a missing directory */
     setenv("S4KV_S3", URL, 1);
     r = RUN(missing, "get", "k00007");
-    res l = RUN(db, "get", "k00007");
-    expect(&l, 0, NULL, 0, "local get");
-    expect(&r, 0, l.out, l.outlen, "remote get through $S4KV_S3");
-    res_free(&l);
-    res_free(&r);
+    tu_res l = RUN(db, "get", "k00007");
+    tu_expect(&l, 0, NULL, 0, "local get");
+    tu_expect(&r, 0, l.out, l.outlen, "remote get through $S4KV_S3");
+    tu_res_free(&l);
+    tu_res_free(&r);
     unsetenv("S4KV_S3");
     struct stat st;
     cr_assert(stat(missing, &st) != 0, "a remote read created %s", missing);
     cr_assert(stat("s4kv-data", &st) != 0, "a remote read created ./s4kv-data");
 
     r = RUN(NULL, "--s3", URL, "get", "absent");
-    expect(&r, 1, "", 0, "remote get of an absent key");
+    tu_expect(&r, 1, "", 0, "remote get of an absent key");
     expect_err1(&r, "'absent' not found", "remote get of an absent key");
-    res_free(&r);
+    tu_res_free(&r);
 
     same_local_remote(db, missing, "keys", "keys", NULL, NULL);
     same_local_remote(db, missing, "keys --prefix", "keys", "--prefix", "k001");
@@ -218,13 +170,13 @@ Test(cli_s3, upload_then_remote_reads_match_local)
     same_local_remote(db, missing, "export tsv", "export", "--format", "tsv");
 
     r = RUN(missing, "--s3", URL, "verify");
-    expect(&r, 0, NULL, 0, "remote verify");
+    tu_expect(&r, 0, NULL, 0, "remote verify");
     cr_assert(strstr(r.out, "result:           ok"), "remote verify: %s", r.out);
     cr_assert(strstr(r.err, "verified " URL), "remote verify names the URL: %s", r.err);
-    res_free(&r);
+    tu_res_free(&r);
 
     r = RUN(missing, "--s3", URL, "stats", "--json");
-    expect(&r, 0, NULL, 0, "remote stats --json");
+    tu_expect(&r, 0, NULL, 0, "remote stats --json");
     json_error_t je;
     json_t *j = json_loads(r.out, 0, &je);
     cr_assert(j, "stats --json is not JSON: %s (%s)", r.out, je.text);
@@ -234,26 +186,26 @@ Test(cli_s3, upload_then_remote_reads_match_local)
     cr_assert(json_object_get(j, "s3_retries") && json_object_get(j, "s3_connections"),
               "%s", r.out);
     json_decref(j);
-    res_free(&r);
+    tu_res_free(&r);
     r = RUN(missing, "--s3", URL, "stats");
-    expect(&r, 0, NULL, 0, "remote stats");
+    tu_expect(&r, 0, NULL, 0, "remote stats");
     cr_assert(strstr(r.out, "s3 requests:") && strstr(r.out, "s3:             " URL),
               "remote stats: %s", r.out);
-    res_free(&r);
+    tu_res_free(&r);
 
     /* rebuild-index without a local database: in memory, nothing written */
     r = RUN(missing, "--s3", URL, "rebuild-index");
-    expect(&r, 0, "", 0, "remote rebuild-index");
+    tu_expect(&r, 0, "", 0, "remote rebuild-index");
     cr_assert(strstr(r.err, "in memory") && strstr(r.err, "301 keys"), "%s", r.err);
-    res_free(&r);
+    tu_res_free(&r);
     cr_assert(stat(missing, &st) != 0, "remote rebuild-index created %s", missing);
 
     /* with a local database, --s3 reads go through it (same bytes) */
     r = RUN(db, "--s3", URL, "export");
     l = RUN(db, "export");
-    expect(&r, 0, l.out, l.outlen, "export --s3 with a local database");
-    res_free(&l);
-    res_free(&r);
+    tu_expect(&r, 0, l.out, l.outlen, "export --s3 with a local database");
+    tu_res_free(&l);
+    tu_res_free(&r);
 
     free(text);
     free(db);
@@ -275,23 +227,23 @@ Test(cli_s3, remote_get_is_one_ranged_get)
     char *db = path_in(tmp, "db");
     size_t len;
     char *text = import_records(db, 6, 300, &len);
-    res r = RUN(db, "--s3", URL, "upload");
-    expect(&r, 0, "", 0, "upload");
-    res_free(&r);
+    tu_res r = RUN(db, "--s3", URL, "upload");
+    tu_expect(&r, 0, "", 0, "upload");
+    tu_res_free(&r);
     tu_proxy p;
     tu_proxy_start(&p, s.port, "rate=0");
 
     long n0 = tu_proxy_stat(&p, "requests");
     r = RUN(NULL, "--s3", URL, "--endpoint", p.endpoint, "stats");
-    expect(&r, 0, NULL, 0, "remote stats through the proxy");
-    res_free(&r);
+    tu_expect(&r, 0, NULL, 0, "remote stats through the proxy");
+    tu_res_free(&r);
     long n1 = tu_proxy_stat(&p, "requests");
-    res l = RUN(db, "get", "k00150");
+    tu_res l = RUN(db, "get", "k00150");
     r = RUN(NULL, "get", "k00150", "--endpoint", p.endpoint, "--s3", URL);
-    expect(&l, 0, NULL, 0, "local get");
-    expect(&r, 0, l.out, l.outlen, "remote get through the proxy");
-    res_free(&l);
-    res_free(&r);
+    tu_expect(&l, 0, NULL, 0, "local get");
+    tu_expect(&r, 0, l.out, l.outlen, "remote get through the proxy");
+    tu_res_free(&l);
+    tu_res_free(&r);
     long n2 = tu_proxy_stat(&p, "requests");
     cr_assert(n1 - n0 >= 1, "opening read nothing through --endpoint (%ld requests)", n1 - n0);
     cr_assert_eq(n2 - n1, n1 - n0 + 1,
@@ -322,30 +274,30 @@ Test(cli_s3, faults_are_retried_or_reported)
     tu_proxy p;
     tu_proxy_start(&p, s.port, "rate=0.3,kinds=500+503+reset+truncate,seed=11");
     setenv("AWS_MAX_ATTEMPTS", "10", 1);
-    res r = RUN(db, "--s3", URL, "--endpoint", p.endpoint, "upload");
-    expect(&r, 0, "", 0, "upload through faults");
+    tu_res r = RUN(db, "--s3", URL, "--endpoint", p.endpoint, "upload");
+    tu_expect(&r, 0, "", 0, "upload through faults");
     cr_assert(strstr(r.err, "published generation 1"), "%s", r.err);
-    res_free(&r);
+    tu_res_free(&r);
     r = RUN(db2, "--s3", URL, "--endpoint", p.endpoint, "download");
-    expect(&r, 0, "", 0, "download through faults");
-    res_free(&r);
+    tu_expect(&r, 0, "", 0, "download through faults");
+    tu_res_free(&r);
     cr_assert_gt(tu_proxy_stat(&p, "faults"), 0, "the proxy faulted nothing");
     r = RUN(db2, "export");
-    expect(&r, 0, text, len, "export of the download made through faults");
-    res_free(&r);
+    tu_expect(&r, 0, text, len, "export of the download made through faults");
+    tu_res_free(&r);
     tu_proxy_stop(&p);
     unsetenv("AWS_MAX_ATTEMPTS");
 
     tu_proxy_start(&p, s.port, "rate=1,kinds=503");
     r = RUN(NULL, "--s3", URL, "--endpoint", p.endpoint, "get", "k00001");
-    expect(&r, 3, "", 0, "get when every request fails");
+    tu_expect(&r, 3, "", 0, "get when every request fails");
     expect_err1(&r, "MANIFEST", "get when every request fails");
     expect_err1(&r, "503", "get when every request fails");
-    res_free(&r);
+    tu_res_free(&r);
     r = RUN(db, "--s3", URL, "--endpoint", p.endpoint, "upload");
-    expect(&r, 3, "", 0, "upload when every request fails");
+    tu_expect(&r, 3, "", 0, "upload when every request fails");
     expect_err1(&r, "503", "upload when every request fails");
-    res_free(&r);
+    tu_res_free(&r);
     tu_proxy_stop(&p);
 
     free(text);
@@ -367,25 +319,25 @@ Test(cli_s3, download_verify_export_identical)
     char *db = path_in(tmp, "db"), *db2 = path_in(tmp, "db2");
     size_t len;
     char *text = import_records(db, 2, 400, &len);
-    res r = RUN(db, "--s3", URL, "upload");
-    expect(&r, 0, "", 0, "upload");
-    res_free(&r);
+    tu_res r = RUN(db, "--s3", URL, "upload");
+    tu_expect(&r, 0, "", 0, "upload");
+    tu_res_free(&r);
 
     r = RUN(db2, "--s3", URL, "download");
-    expect(&r, 0, "", 0, "download");
+    tu_expect(&r, 0, "", 0, "download");
     cr_assert(strstr(r.err, "downloaded ") && strstr(r.err, "generation 1") &&
               strstr(r.err, "MB/s"), "download summary: %s", r.err);
-    res_free(&r);
+    tu_res_free(&r);
     r = RUN(db2, "verify");
-    expect(&r, 0, NULL, 0, "local verify of the download");
-    res_free(&r);
+    tu_expect(&r, 0, NULL, 0, "local verify of the download");
+    tu_res_free(&r);
     r = RUN(db2, "export");
-    expect(&r, 0, text, len, "export of the download");
-    res_free(&r);
+    tu_expect(&r, 0, text, len, "export of the download");
+    tu_res_free(&r);
     r = RUN(db2, "--s3", URL, "download");
-    expect(&r, 0, "", 0, "second download");
+    tu_expect(&r, 0, "", 0, "second download");
     cr_assert(strstr(r.err, "nothing to download"), "second download: %s", r.err);
-    res_free(&r);
+    tu_res_free(&r);
 
     free(text);
     free(db);
@@ -412,12 +364,12 @@ Test(cli_s3, aws_sdk_reads_what_s4kv_wrote)
     char *db = path_in(tmp, "db"), *db2 = path_in(tmp, "db2");
     size_t len;
     char *text = import_records(db, 3, 300, &len);
-    res r = RUN(db, "--s3", URL, "upload");
-    expect(&r, 0, "", 0, "upload");
-    res_free(&r);
+    tu_res r = RUN(db, "--s3", URL, "upload");
+    tu_expect(&r, 0, "", 0, "upload");
+    tu_res_free(&r);
     r = RUN(db2, "--s3", URL, "download");
-    expect(&r, 0, "", 0, "download");
-    res_free(&r);
+    tu_expect(&r, 0, "", 0, "download");
+    tu_res_free(&r);
 
     /* download leaves its lock file, which is no object */
     char *lock = path_in(db2, "LOCK");
@@ -430,7 +382,7 @@ Test(cli_s3, aws_sdk_reads_what_s4kv_wrote)
     r.rc = tu_run(argv, NULL, 0, &r.out, &r.outlen, &r.err);
     cr_assert_eq(r.rc, 0, "sdk_check.mjs: exit %d\nstdout: %s\nstderr: %s", r.rc, r.out, r.err);
     cr_assert(strstr(r.out, "identical"), "sdk_check.mjs: %s", r.out);
-    res_free(&r);
+    tu_res_free(&r);
     free(script);
 
     free(text);
@@ -452,62 +404,62 @@ Test(cli_s3, put_on_an_empty_dir_downloads_first)
     char *db = path_in(tmp, "db"), *db2 = path_in(tmp, "db2"), *db3 = path_in(tmp, "db3");
     size_t len;
     char *text = import_records(db, 4, 200, &len);
-    res r = RUN(db, "--s3", URL, "upload");
-    expect(&r, 0, "", 0, "upload");
-    res_free(&r);
+    tu_res r = RUN(db, "--s3", URL, "upload");
+    tu_expect(&r, 0, "", 0, "upload");
+    tu_res_free(&r);
 
     /* db2 does not exist: the put downloads S3's database first */
     r = RUN(db2, "--s3", URL, "put", "newkey", "newvalue");
-    expect(&r, 0, "", 0, "put --s3 on a missing directory");
+    tu_expect(&r, 0, "", 0, "put --s3 on a missing directory");
     cr_assert(strstr(r.err, "holds no database") && strstr(r.err, "downloaded "),
               "put --s3 says it downloaded first: %s", r.err);
-    res_free(&r);
+    tu_res_free(&r);
     r = RUN(NULL, "--s3", URL, "get", "newkey");
-    expect(&r, 0, "newvalue", 8, "remote get of the new key");
-    res_free(&r);
-    res l = RUN(db, "get", "k00123");
+    tu_expect(&r, 0, "newvalue", 8, "remote get of the new key");
+    tu_res_free(&r);
+    tu_res l = RUN(db, "get", "k00123");
     r = RUN(NULL, "--s3", URL, "get", "k00123");
-    expect(&l, 0, NULL, 0, "local get of an old key");
-    expect(&r, 0, l.out, l.outlen, "remote get of an old key after the put");
-    res_free(&l);
-    res_free(&r);
+    tu_expect(&l, 0, NULL, 0, "local get of an old key");
+    tu_expect(&r, 0, l.out, l.outlen, "remote get of an old key after the put");
+    tu_res_free(&l);
+    tu_res_free(&r);
     r = RUN(NULL, "--s3", URL, "keys");
-    expect(&r, 0, NULL, 0, "remote keys");
+    tu_expect(&r, 0, NULL, 0, "remote keys");
     cr_assert_eq(r.outlen, 201 * 7, "201 keys of 6 bytes and a newline: %zu", r.outlen);
-    res_free(&r);
+    tu_res_free(&r);
 
     /* delete --s3 and import --s3 upload too */
     r = RUN(db2, "--s3", URL, "delete", "k00000", "k00001");
-    expect(&r, 0, "", 0, "delete --s3");
-    res_free(&r);
+    tu_expect(&r, 0, "", 0, "delete --s3");
+    tu_res_free(&r);
     static const char more[] = "{\"key\": \"imported\", \"value\": \"yes\"}\n";
     r = RUNI(db2, more, sizeof more - 1, "--s3", URL, "import");
-    expect(&r, 0, "", 0, "import --s3");
+    tu_expect(&r, 0, "", 0, "import --s3");
     cr_assert(strstr(r.err, "imported 1 record") && strstr(r.err, "published generation"),
               "import --s3 summary: %s", r.err);
-    res_free(&r);
+    tu_res_free(&r);
     r = RUN(NULL, "--s3", URL, "get", "k00000");
-    expect(&r, 1, "", 0, "remote get of a key deleted with --s3");
-    res_free(&r);
+    tu_expect(&r, 1, "", 0, "remote get of a key deleted with --s3");
+    tu_res_free(&r);
     r = RUN(NULL, "--s3", URL, "get", "imported");
-    expect(&r, 0, "yes", 3, "remote get of a key imported with --s3");
-    res_free(&r);
+    tu_expect(&r, 0, "yes", 3, "remote get of a key imported with --s3");
+    tu_res_free(&r);
 
     /* a different database never goes over an existing one */
     r = RUN(db3, "put", "other", "db");
-    expect(&r, 0, "", 0, "put into a third, unrelated database");
-    res_free(&r);
+    tu_expect(&r, 0, "", 0, "put into a third, unrelated database");
+    tu_res_free(&r);
     r = RUN(db3, "--s3", URL, "upload");
-    expect(&r, 3, "", 0, "upload of a different database");
+    tu_expect(&r, 3, "", 0, "upload of a different database");
     expect_err1(&r, "different database", "upload of a different database");
-    res_free(&r);
+    tu_res_free(&r);
     r = RUN(db3, "--s3", URL, "put", "other2", "x");
-    expect(&r, 3, "", 0, "put --s3 into a different database");
+    tu_expect(&r, 3, "", 0, "put --s3 into a different database");
     expect_err1(&r, "different database", "put --s3 into a different database");
-    res_free(&r);
+    tu_res_free(&r);
     r = RUN(NULL, "--s3", URL, "get", "newkey");
-    expect(&r, 0, "newvalue", 8, "the S3 database is unchanged");
-    res_free(&r);
+    tu_expect(&r, 0, "newvalue", 8, "the S3 database is unchanged");
+    tu_res_free(&r);
 
     free(text);
     free(db);
@@ -527,54 +479,54 @@ Test(cli_s3, compact_then_remote_reads)
     char *db = path_in(tmp, "db"), *missing = path_in(tmp, "missing");
     size_t len;
     char *text = import_records(db, 5, 300, &len);
-    res r = RUN(db, "--s3", URL, "upload");
-    expect(&r, 0, "", 0, "upload");
-    res_free(&r);
+    tu_res r = RUN(db, "--s3", URL, "upload");
+    tu_expect(&r, 0, "", 0, "upload");
+    tu_res_free(&r);
     /* overwrite and delete a tenth of the keys, with --s3 */
     for (int i = 0; i < 300; i += 10) {
         char key[16];
         snprintf(key, sizeof key, "k%05d", i);
         r = i % 20 ? RUN(db, "--s3", URL, "delete", key) : RUN(db, "--s3", URL, "put", key, "new");
-        expect(&r, 0, "", 0, key);
-        res_free(&r);
+        tu_expect(&r, 0, "", 0, key);
+        tu_res_free(&r);
     }
     r = RUN(db, "--s3", URL, "compact");
-    expect(&r, 0, "", 0, "compact --s3");
+    tu_expect(&r, 0, "", 0, "compact --s3");
     cr_assert(strstr(r.err, "compacted ") && strstr(r.err, "published generation"),
               "compact --s3 summary: %s", r.err);
-    res_free(&r);
+    tu_res_free(&r);
     same_local_remote(db, missing, "export after compact", "export", NULL, NULL);
     r = RUN(missing, "--s3", URL, "get", "k00010");
-    expect(&r, 1, "", 0, "remote get of a deleted key after compact");
-    res_free(&r);
+    tu_expect(&r, 1, "", 0, "remote get of a deleted key after compact");
+    tu_res_free(&r);
     r = RUN(missing, "--s3", URL, "get", "k00020");
-    expect(&r, 0, "new", 3, "remote get of an overwritten key after compact");
-    res_free(&r);
+    tu_expect(&r, 0, "new", 3, "remote get of an overwritten key after compact");
+    tu_res_free(&r);
     r = RUN(missing, "--s3", URL, "verify");
-    expect(&r, 0, NULL, 0, "remote verify after compact");
-    res_free(&r);
+    tu_expect(&r, 0, NULL, 0, "remote verify after compact");
+    tu_res_free(&r);
 
     /* the next compaction deletes what the first one dropped (default
      * retention), and reads stay correct */
     r = RUN(db, "--s3", URL, "put", "after", "compaction");
-    expect(&r, 0, "", 0, "put after compact");
-    res_free(&r);
+    tu_expect(&r, 0, "", 0, "put after compact");
+    tu_res_free(&r);
     r = RUN(db, "--s3", URL, "compact");
-    expect(&r, 0, "", 0, "second compact --s3");
+    tu_expect(&r, 0, "", 0, "second compact --s3");
     cr_assert(strstr(r.err, "published generation") && !strstr(r.err, ", 0 deleted"),
               "the second compaction deletes the objects the first dropped: %s", r.err);
-    res_free(&r);
+    tu_res_free(&r);
     same_local_remote(db, missing, "export after the second compact", "export", NULL, NULL);
     r = RUN(missing, "--s3", URL, "get", "after");
-    expect(&r, 0, "compaction", 10, "remote get after the second compact");
-    res_free(&r);
+    tu_expect(&r, 0, "compaction", 10, "remote get after the second compact");
+    tu_res_free(&r);
 
     /* compact --s3 on a missing directory downloads first */
     char *db2 = path_in(tmp, "db2");
     r = RUN(db2, "--s3", URL, "compact");
-    expect(&r, 0, "", 0, "compact --s3 on a missing directory");
+    tu_expect(&r, 0, "", 0, "compact --s3 on a missing directory");
     cr_assert(strstr(r.err, "holds no database"), "%s", r.err);
-    res_free(&r);
+    tu_res_free(&r);
     same_local_remote(db2, missing, "export after compact of a download", "export", NULL,
                       NULL);
 
@@ -596,57 +548,57 @@ Test(cli_s3, configuration_errors_are_one_line_exit_3)
     char *cwd = fresh_cwd();
     char *tmp = tu_tmpdir("cli-s3");
     char *db = path_in(tmp, "db");
-    res r = RUN(db, "put", "k", "v");
-    expect(&r, 0, "", 0, "put");
-    res_free(&r);
+    tu_res r = RUN(db, "put", "k", "v");
+    tu_expect(&r, 0, "", 0, "put");
+    tu_res_free(&r);
 
     /* malformed URLs */
     const char *bad[] = { "http://x", "s3://", "s3:///p/", "bkt/p/", "s3://B_ad/p/" };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         r = RUN(NULL, "--s3", bad[i], "get", "k");
-        expect(&r, 3, "", 0, bad[i]);
+        tu_expect(&r, 3, "", 0, bad[i]);
         expect_err1(&r, "s3://", bad[i]);
-        res_free(&r);
+        tu_res_free(&r);
         r = RUN(db, "--s3", bad[i], "upload");
-        expect(&r, 3, "", 0, bad[i]);
+        tu_expect(&r, 3, "", 0, bad[i]);
         expect_err1(&r, "S3 URL", bad[i]);
-        res_free(&r);
+        tu_res_free(&r);
     }
 
     /* a prefix without a database */
     r = RUN(NULL, "--s3", "s3://bkt/nothing/", "get", "k");
-    expect(&r, 3, "", 0, "get under a missing prefix");
+    tu_expect(&r, 3, "", 0, "get under a missing prefix");
     expect_err1(&r, "no database at s3://bkt/nothing/", "get under a missing prefix");
-    res_free(&r);
+    tu_res_free(&r);
     r = RUN(NULL, "--s3", "s3://bkt/nothing/", "keys");
-    expect(&r, 3, "", 0, "keys under a missing prefix");
+    tu_expect(&r, 3, "", 0, "keys under a missing prefix");
     expect_err1(&r, "no database at s3://bkt/nothing/", "keys under a missing prefix");
-    res_free(&r);
+    tu_res_free(&r);
     char *db2 = path_in(tmp, "db2");
     r = RUN(db2, "--s3", "s3://bkt/nothing/", "download");
-    expect(&r, 3, "", 0, "download of a missing prefix");
+    tu_expect(&r, 3, "", 0, "download of a missing prefix");
     expect_err1(&r, "no database at s3://bkt/nothing/", "download of a missing prefix");
-    res_free(&r);
+    tu_res_free(&r);
     r = RUN(db2, "--s3", "s3://bkt/nothing/", "compact");
-    expect(&r, 3, "", 0, "compact with no database anywhere");
+    tu_expect(&r, 3, "", 0, "compact with no database anywhere");
     expect_err1(&r, "no database at", "compact with no database anywhere");
-    res_free(&r);
+    tu_res_free(&r);
     /* a missing bucket */
     r = RUN(NULL, "--s3", "s3://nosuchbucket/p/", "get", "k");
-    expect(&r, 3, "", 0, "get from a missing bucket");
+    tu_expect(&r, 3, "", 0, "get from a missing bucket");
     expect_err1(&r, "nosuchbucket", "get from a missing bucket");
-    res_free(&r);
+    tu_res_free(&r);
 
     /* an unknown profile */
     r = RUN(NULL, "--s3", URL, "--profile", "nosuchprofile", "get", "k");
-    expect(&r, 3, "", 0, "unknown --profile");
+    tu_expect(&r, 3, "", 0, "unknown --profile");
     expect_err1(&r, "'nosuchprofile'", "unknown --profile");
-    res_free(&r);
+    tu_res_free(&r);
     setenv("AWS_PROFILE", "envprofile", 1);
     r = RUN(NULL, "--s3", URL, "get", "k");
-    expect(&r, 3, "", 0, "unknown AWS_PROFILE");
+    tu_expect(&r, 3, "", 0, "unknown AWS_PROFILE");
     expect_err1(&r, "'envprofile'", "unknown AWS_PROFILE");
-    res_free(&r);
+    tu_res_free(&r);
     unsetenv("AWS_PROFILE");
 
     /* no credentials anywhere */
@@ -661,19 +613,19 @@ Test(cli_s3, configuration_errors_are_one_line_exit_3)
     unsetenv("AWS_PROFILE");
     unsetenv("AWS_DEFAULT_PROFILE");
     r = RUN(NULL, "--s3", URL, "get", "k");
-    expect(&r, 3, "", 0, "missing credentials");
+    tu_expect(&r, 3, "", 0, "missing credentials");
     expect_err1(&r, "AWS_ACCESS_KEY_ID", "missing credentials");
     expect_err1(&r, "AWS_SECRET_ACCESS_KEY", "missing credentials");
-    res_free(&r);
+    tu_res_free(&r);
     r = RUN(db, "--s3", URL, "upload");
-    expect(&r, 3, "", 0, "upload without credentials");
+    tu_expect(&r, 3, "", 0, "upload without credentials");
     expect_err1(&r, "AWS_ACCESS_KEY_ID", "upload without credentials");
-    res_free(&r);
+    tu_res_free(&r);
     setenv("AWS_ACCESS_KEY_ID", "S3RVER", 1);
     r = RUN(NULL, "--s3", URL, "get", "k");
-    expect(&r, 3, "", 0, "half the credentials");
+    tu_expect(&r, 3, "", 0, "half the credentials");
     expect_err1(&r, "AWS_SECRET_ACCESS_KEY", "half the credentials");
-    res_free(&r);
+    tu_res_free(&r);
 
     /* credentials from a profile work, and secrets never show in errors */
     static const char prof[] = "[ci]\naws_access_key_id = S3RVER\n"
@@ -681,16 +633,16 @@ Test(cli_s3, configuration_errors_are_one_line_exit_3)
     unsetenv("AWS_ACCESS_KEY_ID");
     cr_assert_eq(tu_write_file(creds, prof, sizeof prof - 1), 0);
     r = RUN(db, "--s3", URL, "--profile", "ci", "upload");
-    expect(&r, 0, "", 0, "upload with --profile");
-    res_free(&r);
+    tu_expect(&r, 0, "", 0, "upload with --profile");
+    tu_res_free(&r);
     r = RUN(NULL, "--s3", URL, "--profile", "ci", "get", "nope");
-    expect(&r, 1, "", 0, "remote get with --profile");
+    tu_expect(&r, 1, "", 0, "remote get with --profile");
     cr_assert(!strstr(r.err, "TOPSECRET"), "a secret in a message: %s", r.err);
-    res_free(&r);
+    tu_res_free(&r);
     r = RUN(NULL, "--s3", "s3://nosuchbucket/x/", "--profile", "ci", "keys");
-    expect(&r, 3, "", 0, "keys of a missing bucket with --profile");
+    tu_expect(&r, 3, "", 0, "keys of a missing bucket with --profile");
     cr_assert(!strstr(r.err, "TOPSECRET"), "a secret in a message: %s", r.err);
-    res_free(&r);
+    tu_res_free(&r);
 
     free(creds);
     free(conf);
@@ -723,11 +675,11 @@ Test(cli_s3, usage_errors_exit_2)
         for (int j = 0; j < 6 && cases[i].a[j]; j++)
             argv[n++] = (char *)cases[i].a[j];
         argv[n] = NULL;
-        res r;
+        tu_res r;
         r.rc = tu_run(argv, NULL, 0, &r.out, &r.outlen, &r.err);
         cr_assert_eq(r.rc, 2, "case %zu: exit %d: %s", i, r.rc, r.err);
         expect_err1(&r, cases[i].msg, "usage error");
-        res_free(&r);
+        tu_res_free(&r);
     }
     struct stat st;
     cr_assert(stat("s4kv-data", &st) != 0, "a usage error created ./s4kv-data");
@@ -736,8 +688,8 @@ Test(cli_s3, usage_errors_exit_2)
 
 Test(cli_s3, help_documents_s3)
 {
-    res r = RUN(NULL, "--help");
-    expect(&r, 0, NULL, 0, "--help");
+    tu_res r = RUN(NULL, "--help");
+    tu_expect(&r, 0, NULL, 0, "--help");
     const char *want[] = { "upload", "download", "--s3 URL", "$S4KV_S3", "--endpoint URL",
                            "--profile NAME", "--no-verify-tls", "--retention DURATION",
                            "--parallel N", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
@@ -747,13 +699,13 @@ Test(cli_s3, help_documents_s3)
                            "malformed s3:// URL" };
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
         cr_assert(strstr(r.out, want[i]), "--help lacks '%s'", want[i]);
-    res_free(&r);
+    tu_res_free(&r);
     const char *cmds[] = { "upload", "download" };
     for (size_t i = 0; i < 2; i++) {
         r = RUN(NULL, cmds[i], "--help");
-        expect(&r, 0, NULL, 0, cmds[i]);
+        tu_expect(&r, 0, NULL, 0, cmds[i]);
         cr_assert(strstr(r.out, "usage: s4kv [-d DIR] --s3 URL "), "%s", r.out);
         cr_assert(strstr(r.out, "Exit status"), "%s", r.out);
-        res_free(&r);
+        tu_res_free(&r);
     }
 }

@@ -30,19 +30,7 @@
 #include "s3util.h"
 #include "util.h"
 
-static long long now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
-}
 
 /* The loop's log: kept (the tail is quoted by failing assertions), echoed
  * with S4KV_TEST_VERBOSE. */
@@ -102,7 +90,7 @@ static void put_kv(s4kv_db *db, const char *k, const char *v)
 /* Waits until S3 holds every write of db (uploaded_seq reached next_seq). */
 static void wait_caught_up(s4kv_sync_loop *sl, s4kv_db *db, int timeout_ms)
 {
-    long long t0 = now_ms();
+    long long t0 = tu_now_ms();
     for (;;) {
         s4kv_stats st;
         s4kv_sync_metrics m;
@@ -110,12 +98,12 @@ static void wait_caught_up(s4kv_sync_loop *sl, s4kv_db *db, int timeout_ms)
         s4kv_sync_metrics_get(sl, &m);
         if (m.uploads && m.uploaded_seq == st.next_seq)
             return;
-        if (now_ms() - t0 > timeout_ms)
+        if (tu_now_ms() - t0 > timeout_ms)
             cr_assert_fail("S3 did not catch up within %d ms (uploaded_seq %llu, next_seq %llu, "
                            "last error: %s); log:\n%s", timeout_ms,
                            (unsigned long long)m.uploaded_seq, (unsigned long long)st.next_seq,
                            m.last_error, log_tail());
-        sleep_ms(10);
+        tu_sleep_ms(10);
     }
 }
 
@@ -175,7 +163,7 @@ Test(daemon, embedded_writes_reach_s3_within_the_bound, .timeout = 120)
         kp[i] = keys[i];
         vp[i] = vals[i];
         put_kv(db, keys[i], vals[i]);
-        sleep_ms(10);
+        tu_sleep_ms(10);
     }
     wait_caught_up(sl, db, 10000);
     s4kv_sync_metrics m;
@@ -224,11 +212,11 @@ Test(daemon, idle_database_sends_no_s3_requests, .timeout = 60)
     cr_assert_eq(s4kv_sync_start(db, &o, &sl, err, sizeof err), 0, "%s", err);
     put_kv(db, "a", "1");
     wait_caught_up(sl, db, 10000);
-    sleep_ms(150); /* let an upload started by a late tick finish */
+    tu_sleep_ms(150); /* let an upload started by a late tick finish */
     s4kv_sync_metrics m0, m1;
     s4kv_sync_metrics_get(sl, &m0);
     long r0 = tu_proxy_stat(&p, "requests");
-    sleep_ms(2000); /* 20 intervals */
+    tu_sleep_ms(2000); /* 20 intervals */
     long r1 = tu_proxy_stat(&p, "requests");
     s4kv_sync_metrics_get(sl, &m1);
     cr_assert_eq(r1, r0, "an idle database sent %ld S3 requests in 20 intervals; log:\n%s",
@@ -239,9 +227,9 @@ Test(daemon, idle_database_sends_no_s3_requests, .timeout = 60)
     put_kv(db, "b", "2");
     wait_caught_up(sl, db, 10000);
     cr_assert_gt(tu_proxy_stat(&p, "requests"), r1);
-    sleep_ms(150);
+    tu_sleep_ms(150);
     long r2 = tu_proxy_stat(&p, "requests");
-    sleep_ms(1000);
+    tu_sleep_ms(1000);
     cr_assert_eq(tu_proxy_stat(&p, "requests"), r2, "requests after the write settled");
     /* Nothing changed since the last upload: stopping sends nothing either. */
     cr_assert_eq(s4kv_sync_stop(sl, err, sizeof err), 0, "%s", err);
@@ -285,7 +273,7 @@ Test(daemon, compaction_when_garbage_passes_the_ratio, .timeout = 120)
      * every 100 ms) and leave the later rounds' garbage behind; the loop
      * compacts again once that garbage passes the ratio. So wait for the
      * state the writes lead to: compacted, with less than half garbage. */
-    long long t0 = now_ms();
+    long long t0 = tu_now_ms();
     s4kv_sync_metrics m;
     s4kv_stats st;
     for (;;) {
@@ -293,13 +281,13 @@ Test(daemon, compaction_when_garbage_passes_the_ratio, .timeout = 120)
         s4kv_stats_get(db, &st);
         if (m.compactions >= 1 && st.garbage_bytes * 2 < st.segment_bytes)
             break;
-        cr_assert(now_ms() - t0 < 10000,
+        cr_assert(tu_now_ms() - t0 < 10000,
                   "no compaction to under half garbage in 10 s (%llu compactions, %llu of %llu "
                   "bytes garbage, failures %llu: %s); log:\n%s",
                   (unsigned long long)m.compactions, (unsigned long long)st.garbage_bytes,
                   (unsigned long long)st.segment_bytes,
                   (unsigned long long)m.compaction_failures, m.last_error, log_tail());
-        sleep_ms(20);
+        tu_sleep_ms(20);
     }
     wait_caught_up(sl, db, 10000);
     s4kv_sync_metrics_get(sl, &m);
@@ -309,7 +297,7 @@ Test(daemon, compaction_when_garbage_passes_the_ratio, .timeout = 120)
     cr_assert_eq(m.compaction_failures, 0, "%s", m.last_error);
     cr_assert(m.compact_pause_max_ms >= m.compact_pause_last_ms);
     /* Idle after it: no second compaction, the reader sees the last round. */
-    sleep_ms(800);
+    tu_sleep_ms(800);
     s4kv_sync_metrics m2;
     s4kv_sync_metrics_get(sl, &m2);
     cr_assert_eq(m2.compactions, m.compactions, "compacted again without new garbage");
@@ -349,7 +337,7 @@ static pid_t proxy_on_port(int port, int upstream)
         execl(bin, bin, "--listen", lis, "--upstream", up, "--faults", "rate=0", (char *)NULL);
         _exit(127);
     }
-    long long t0 = now_ms();
+    long long t0 = tu_now_ms();
     for (;;) {
         int fd = socket(AF_INET, SOCK_STREAM, 0);
         struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
@@ -360,8 +348,8 @@ static pid_t proxy_on_port(int port, int upstream)
             return pid;
         int st;
         cr_assert(waitpid(pid, &st, WNOHANG) == 0, "faultproxy %s on port %d exited", bin, port);
-        cr_assert(now_ms() - t0 < 10000, "faultproxy on port %d did not start", port);
-        sleep_ms(20);
+        cr_assert(tu_now_ms() - t0 < 10000, "faultproxy on port %d did not start", port);
+        tu_sleep_ms(20);
     }
 }
 
@@ -389,7 +377,7 @@ Test(daemon, s3_outage_writes_go_on_and_the_loop_catches_up, .timeout = 120)
     wait_caught_up(sl, db, 10000);
 
     tu_proxy_stop(&p); /* S3 is gone */
-    long long t_down = now_ms();
+    long long t_down = tu_now_ms();
     enum { N = 40 };
     static char keys[N][32], vals[N][32];
     const char *kp[N + 1], *vp[N + 1];
@@ -399,7 +387,7 @@ Test(daemon, s3_outage_writes_go_on_and_the_loop_catches_up, .timeout = 120)
         kp[i] = keys[i];
         vp[i] = vals[i];
         put_kv(db, keys[i], vals[i]); /* local writes keep succeeding */
-        sleep_ms(40);
+        tu_sleep_ms(40);
     }
     /* Local reads too. */
     void *v;
@@ -417,9 +405,9 @@ Test(daemon, s3_outage_writes_go_on_and_the_loop_catches_up, .timeout = 120)
     cr_assert(m.s3_errors >= 2);
 
     pid_t pp = proxy_on_port(port, s.port); /* S3 is back, same endpoint */
-    long long t_up = now_ms();
+    long long t_up = tu_now_ms();
     wait_caught_up(sl, db, 10000);
-    long long t_caught = now_ms();
+    long long t_caught = tu_now_ms();
     s4kv_sync_metrics_get(sl, &m);
     cr_assert_eq(m.consecutive_failures, 0);
     /* The upload that caught up carried the first write of the outage. */
@@ -502,87 +490,10 @@ Test(daemon, options_check_and_non_loopback_listen)
     tu_rmtree_free(tmp);
 }
 
-/* ---- the daemon over HTTP */
 
-static int tcp_connect(int port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    cr_assert(fd >= 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
-        close(fd);
-        return -1;
-    }
-    struct timeval tv = {20, 0};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    return fd;
-}
 
-static void send_all(int fd, const void *p, size_t n)
-{
-    const char *c = p;
-    while (n) {
-        ssize_t w = send(fd, c, n, MSG_NOSIGNAL);
-        cr_assert(w > 0, "send: %s", strerror(errno));
-        c += w;
-        n -= (size_t)w;
-    }
-}
 
-typedef struct resp {
-    int status;
-    char head[4096];
-    char *body;
-    size_t blen;
-} resp;
 
-/* Reads one response (Content-Length framed) from fd. */
-static void read_resp(int fd, resp *r)
-{
-    memset(r, 0, sizeof *r);
-    size_t n = 0;
-    for (;;) {
-        cr_assert(n < sizeof r->head - 1, "response head too long");
-        ssize_t g = recv(fd, r->head + n, 1, 0);
-        cr_assert(g == 1, "connection closed or timed out reading a response head (%zu bytes: %.*s)",
-                  n, (int)n, r->head);
-        n++;
-        if (n >= 4 && memcmp(r->head + n - 4, "\r\n\r\n", 4) == 0)
-            break;
-    }
-    r->head[n] = 0;
-    cr_assert(sscanf(r->head, "HTTP/1.1 %d", &r->status) == 1, "%s", r->head);
-    const char *cl = strcasestr(r->head, "\r\nContent-Length:");
-    cr_assert(cl, "no Content-Length: %s", r->head);
-    r->blen = strtoul(cl + 17, NULL, 10);
-    r->body = malloc(r->blen + 1);
-    size_t got = 0;
-    while (got < r->blen) {
-        ssize_t g = recv(fd, r->body + got, r->blen - got, 0);
-        cr_assert(g > 0, "body cut short");
-        got += (size_t)g;
-    }
-    r->body[r->blen] = 0;
-}
-
-/* One request on a new connection; returns the response. */
-static resp req(int port, const char *method, const char *path, const void *body, size_t blen,
-                const char *extra)
-{
-    int fd = tcp_connect(port);
-    cr_assert(fd >= 0, "connect: %s", strerror(errno));
-    char head[2048];
-    int hl = snprintf(head, sizeof head, "%s %s HTTP/1.1\r\nHost: t\r\nContent-Length: %zu\r\n%s\r\n",
-                      method, path, blen, extra ? extra : "");
-    send_all(fd, head, (size_t)hl);
-    if (blen)
-        send_all(fd, body, blen);
-    resp r;
-    read_resp(fd, &r);
-    close(fd);
-    return r;
-}
 
 static pid_t start_daemon(const char *dir, const char *url, const char *logfile, int *port)
 {
@@ -599,7 +510,7 @@ static pid_t start_daemon(const char *dir, const char *url, const char *logfile,
     }
     char path[PATH_MAX];
     snprintf(path, sizeof path, "%s/SYNC_ADDR", dir);
-    long long t0 = now_ms();
+    long long t0 = tu_now_ms();
     for (;;) {
         size_t n;
         uint8_t *a = tu_read_file(path, &n);
@@ -615,8 +526,8 @@ static pid_t start_daemon(const char *dir, const char *url, const char *logfile,
             uint8_t *l = tu_read_file(logfile, &n);
             cr_assert_fail("s4kv sync exited at start (status %d): %s", st, l ? (char *)l : "");
         }
-        cr_assert(now_ms() - t0 < 15000, "s4kv sync wrote no SYNC_ADDR in 15 s");
-        sleep_ms(20);
+        cr_assert(tu_now_ms() - t0 < 15000, "s4kv sync wrote no SYNC_ADDR in 15 s");
+        tu_sleep_ms(20);
     }
 }
 
@@ -638,90 +549,90 @@ Test(daemon, http_api_and_sigterm_with_a_request_in_flight, .timeout = 120)
         val[i] = (uint8_t)(i * 7);
     val[3] = 0;
     const char *path = "/v1/kv/bin%00key%2Fx%FF%20y";
-    resp r = req(port, "PUT", path, val, sizeof val, NULL);
+    tu_resp r = tu_http(port, "PUT", path, val, sizeof val, NULL);
     cr_assert_eq(r.status, 204, "%s%s", r.head, r.body);
     free(r.body);
-    int fd = tcp_connect(port);
+    int fd = tu_tcp_connect(port);
     char head[512];
     int hl = snprintf(head, sizeof head, "GET %s HTTP/1.1\r\nHost: t\r\n\r\nGET %s HTTP/1.1\r\n"
                       "Host: t\r\n\r\n", path, path);
-    send_all(fd, head, (size_t)hl); /* two pipelined requests */
+    tu_send_all(fd, head, (size_t)hl); /* two pipelined requests */
     for (int k = 0; k < 2; k++) {
-        read_resp(fd, &r);
+        tu_read_resp(fd, &r);
         cr_assert_eq(r.status, 200, "%s%s", r.head, r.body);
         cr_assert(r.blen == sizeof val && memcmp(r.body, val, sizeof val) == 0,
                   "GET returned other bytes");
         free(r.body);
     }
     close(fd);
-    r = req(port, "DELETE", path, NULL, 0, NULL);
+    r = tu_http(port, "DELETE", path, NULL, 0, NULL);
     cr_assert_eq(r.status, 204);
     free(r.body);
-    r = req(port, "GET", path, NULL, 0, NULL);
+    r = tu_http(port, "GET", path, NULL, 0, NULL);
     cr_assert_eq(r.status, 404);
     free(r.body);
-    r = req(port, "GET", "/v1/kv/never-written", NULL, 0, NULL);
+    r = tu_http(port, "GET", "/v1/kv/never-written", NULL, 0, NULL);
     cr_assert_eq(r.status, 404);
     free(r.body);
 
     /* Bad input. */
     const char *badpct[] = {"/v1/kv/a%zz", "/v1/kv/a%4", "/v1/kv/%", "/v1/keys?prefix=%g0"};
     for (size_t i = 0; i < sizeof badpct / sizeof badpct[0]; i++) {
-        r = req(port, "GET", badpct[i], NULL, 0, NULL);
+        r = tu_http(port, "GET", badpct[i], NULL, 0, NULL);
         cr_assert_eq(r.status, 400, "%s: %s", badpct[i], r.head);
         free(r.body);
     }
-    r = req(port, "PUT", "/v1/kv/x%zz", "v", 1, NULL);
+    r = tu_http(port, "PUT", "/v1/kv/x%zz", "v", 1, NULL);
     cr_assert_eq(r.status, 400);
     free(r.body);
     /* Oversized: refused from the head, before any body byte. */
-    fd = tcp_connect(port);
+    fd = tu_tcp_connect(port);
     const char big[] = "PUT /v1/kv/big HTTP/1.1\r\nHost: t\r\nContent-Length: 67108865\r\n\r\n";
-    send_all(fd, big, sizeof big - 1);
-    read_resp(fd, &r);
+    tu_send_all(fd, big, sizeof big - 1);
+    tu_read_resp(fd, &r);
     cr_assert_eq(r.status, 413, "%s", r.head);
     cr_assert(strcasestr(r.head, "Connection: close"));
     free(r.body);
     close(fd);
-    r = req(port, "GET", "/nope", NULL, 0, NULL);
+    r = tu_http(port, "GET", "/nope", NULL, 0, NULL);
     cr_assert_eq(r.status, 404);
     free(r.body);
-    r = req(port, "POST", "/v1/kv/x", NULL, 0, NULL);
+    r = tu_http(port, "POST", "/v1/kv/x", NULL, 0, NULL);
     cr_assert_eq(r.status, 405);
     cr_assert(strcasestr(r.head, "Allow: GET, HEAD, PUT, DELETE"), "%s", r.head);
     free(r.body);
-    fd = tcp_connect(port);
-    send_all(fd, "GARBAGE\r\n\r\n", 11);
-    read_resp(fd, &r);
+    fd = tu_tcp_connect(port);
+    tu_send_all(fd, "GARBAGE\r\n\r\n", 11);
+    tu_read_resp(fd, &r);
     cr_assert_eq(r.status, 400);
     free(r.body);
     close(fd);
 
     /* Keys, health, metrics. */
-    r = req(port, "PUT", "/v1/kv/k%202", "two", 3, NULL);
+    r = tu_http(port, "PUT", "/v1/kv/k%202", "two", 3, NULL);
     cr_assert_eq(r.status, 204);
     free(r.body);
-    r = req(port, "PUT", "/v1/kv/k/1", "one", 3, NULL);
+    r = tu_http(port, "PUT", "/v1/kv/k/1", "one", 3, NULL);
     cr_assert_eq(r.status, 204);
     free(r.body);
-    r = req(port, "PUT", "/v1/kv/other", "", 0, NULL);
+    r = tu_http(port, "PUT", "/v1/kv/other", "", 0, NULL);
     cr_assert_eq(r.status, 204);
     free(r.body);
-    r = req(port, "GET", "/v1/keys?prefix=k", NULL, 0, NULL);
+    r = tu_http(port, "GET", "/v1/keys?prefix=k", NULL, 0, NULL);
     cr_assert_eq(r.status, 200);
     cr_assert_str_eq(r.body, "k%202\nk/1\n");
     free(r.body);
-    r = req(port, "GET", "/v1/keys", NULL, 0, "Accept: application/json\r\n");
+    r = tu_http(port, "GET", "/v1/keys", NULL, 0, "Accept: application/json\r\n");
     cr_assert_str_eq(r.body, "[\"k%202\",\"k/1\",\"other\"]\n");
     free(r.body);
-    r = req(port, "GET", "/v1/kv/other", NULL, 0, NULL);
+    r = tu_http(port, "GET", "/v1/kv/other", NULL, 0, NULL);
     cr_assert(r.status == 200 && r.blen == 0, "empty value: %s", r.head);
     free(r.body);
-    r = req(port, "GET", "/healthz", NULL, 0, NULL);
+    r = tu_http(port, "GET", "/healthz", NULL, 0, NULL);
     cr_assert(r.status == 200 && strcmp(r.body, "ok\n") == 0);
     free(r.body);
-    sleep_ms(600); /* an upload or two */
-    r = req(port, "GET", "/metrics", NULL, 0, NULL);
+    tu_sleep_ms(600); /* an upload or two */
+    r = tu_http(port, "GET", "/metrics", NULL, 0, NULL);
     cr_assert_eq(r.status, 200);
     const char *want[] = {"s4kv_upload_lag_seconds ", "s4kv_uploads_total ",
                           "s4kv_s3_requests_total ", "s4kv_garbage_ratio ",
@@ -734,25 +645,25 @@ Test(daemon, http_api_and_sigterm_with_a_request_in_flight, .timeout = 120)
 
     /* SIGTERM while a PUT is half sent: the daemon stops accepting, waits
      * for the rest, answers, uploads, exits 0. */
-    fd = tcp_connect(port);
+    fd = tu_tcp_connect(port);
     const char part1[] = "PUT /v1/kv/last HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n01234";
-    send_all(fd, part1, sizeof part1 - 1);
-    sleep_ms(100);
+    tu_send_all(fd, part1, sizeof part1 - 1);
+    tu_sleep_ms(100);
     cr_assert_eq(kill(pid, SIGTERM), 0);
-    sleep_ms(300);
-    int fd2 = tcp_connect(port);
+    tu_sleep_ms(300);
+    int fd2 = tu_tcp_connect(port);
     cr_assert(fd2 < 0, "the stopping daemon still accepts connections");
-    send_all(fd, "56789", 5);
-    read_resp(fd, &r);
+    tu_send_all(fd, "56789", 5);
+    tu_read_resp(fd, &r);
     cr_assert_eq(r.status, 204, "%s", r.head);
     cr_assert(strcasestr(r.head, "Connection: close"), "%s", r.head);
     free(r.body);
     close(fd);
     int st = 0;
-    long long t0 = now_ms();
+    long long t0 = tu_now_ms();
     while (waitpid(pid, &st, WNOHANG) == 0) {
-        cr_assert(now_ms() - t0 < 30000, "s4kv sync did not exit within 30 s of SIGTERM");
-        sleep_ms(20);
+        cr_assert(tu_now_ms() - t0 < 30000, "s4kv sync did not exit within 30 s of SIGTERM");
+        tu_sleep_ms(20);
     }
     size_t ln;
     uint8_t *lg = tu_read_file(logfile, &ln);

@@ -43,11 +43,6 @@
 #define FAKE_SESSION "fakeSessionTokenQWERTY0987654321sessiontoken"
 #define FAKE_BEARER "fakeBearerToken-5f3a9c1d7e"
 
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
 
 static int free_port(void)
 {
@@ -62,20 +57,6 @@ static int free_port(void)
     return ntohs(a.sin_port);
 }
 
-static int tcp_connect(int port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    cr_assert(fd >= 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
-        close(fd);
-        return -1;
-    }
-    struct timeval tv = {20, 0};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    return fd;
-}
 
 static void write_text(const char *path, const char *text)
 {
@@ -194,7 +175,7 @@ static void tls_start(tls_srv *s)
             _exit(127);
         }
         for (int i = 0; i < 100; i++) {
-            int fd = tcp_connect(s->port);
+            int fd = tu_tcp_connect(s->port);
             if (fd >= 0) {
                 close(fd);
                 snprintf(s->endpoint, sizeof s->endpoint, "https://127.0.0.1:%d", s->port);
@@ -203,7 +184,7 @@ static void tls_start(tls_srv *s)
             int st;
             if (waitpid(s->pid, &st, WNOHANG) == s->pid)
                 break; /* port taken meanwhile: try another */
-            sleep_ms(20);
+            tu_sleep_ms(20);
         }
         kill(s->pid, SIGKILL);
         waitpid(s->pid, NULL, 0);
@@ -369,7 +350,7 @@ Test(security, daemon_token_never_logged, .timeout = 120)
             free(a);
         } else {
             cr_assert(waitpid(pid, NULL, WNOHANG) == 0, "s4kv sync exited at start");
-            sleep_ms(20);
+            tu_sleep_ms(20);
         }
     }
     cr_assert(port > 0, "no SYNC_ADDR");
@@ -382,7 +363,7 @@ Test(security, daemon_token_never_logged, .timeout = 120)
                            "Authorization: Bearer " FAKE_BEARER "\r\n"};
     const int want[] = {401, 401, 401, 401, 404};
     for (size_t i = 0; i < 5; i++) {
-        int fd = tcp_connect(port);
+        int fd = tu_tcp_connect(port);
         cr_assert(fd >= 0);
         char req[1024], resp[4096];
         int n = snprintf(req, sizeof req, "GET /v1/kv/nokey HTTP/1.1\r\nHost: t\r\n%s"

@@ -5,6 +5,12 @@
 #include "util.h"
 
 #include <criterion/criterion.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <time.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -211,4 +217,128 @@ uint64_t tu_rand(uint64_t *state)
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
     return z ^ (z >> 31);
+}
+
+long long tu_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void tu_sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+void tu_res_free(tu_res *r)
+{
+    free(r->out);
+    free(r->err);
+    r->out = r->err = NULL;
+}
+
+tu_res tu_run_cli(const char *dir, const void *in, size_t inlen, ...)
+{
+    char *argv[64];
+    int n = 0;
+    argv[n++] = (char *)tu_s4kv_bin();
+    if (dir) {
+        argv[n++] = "-d";
+        argv[n++] = (char *)dir;
+    }
+    va_list ap;
+    va_start(ap, inlen);
+    char *a;
+    while ((a = va_arg(ap, char *)) != NULL && n < 63)
+        argv[n++] = a;
+    va_end(ap);
+    argv[n] = NULL;
+    tu_res r;
+    r.rc = tu_run(argv, in, inlen, &r.out, &r.outlen, &r.err);
+    return r;
+}
+
+void tu_expect(tu_res *r, int rc, const char *want, size_t wantlen, const char *what)
+{
+    cr_assert_eq(r->rc, rc, "%s: exit %d, want %d; stderr: %s", what, r->rc, rc, r->err);
+    if (want) {
+        cr_assert_eq(r->outlen, wantlen, "%s: stdout is %zu bytes, want %zu: [%.200s]", what,
+                     r->outlen, wantlen, r->out);
+        cr_assert(memcmp(r->out, want, wantlen) == 0, "%s: stdout [%.200s], want [%.200s]", what,
+                  r->out, want);
+    }
+}
+
+int tu_tcp_connect(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert(fd >= 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
+        close(fd);
+        return -1;
+    }
+    struct timeval tv = {20, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    return fd;
+}
+
+void tu_send_all(int fd, const void *p, size_t n)
+{
+    const char *c = p;
+    while (n) {
+        ssize_t w = send(fd, c, n, MSG_NOSIGNAL);
+        cr_assert(w > 0, "send: %s", strerror(errno));
+        c += w;
+        n -= (size_t)w;
+    }
+}
+
+void tu_read_resp(int fd, tu_resp *r)
+{
+    memset(r, 0, sizeof *r);
+    size_t n = 0;
+    for (;;) {
+        cr_assert(n < sizeof r->head - 1, "response head too long");
+        ssize_t g = recv(fd, r->head + n, 1, 0);
+        cr_assert(g == 1, "connection closed or timed out reading a response head (%zu bytes: %.*s)",
+                  n, (int)n, r->head);
+        n++;
+        if (n >= 4 && memcmp(r->head + n - 4, "\r\n\r\n", 4) == 0)
+            break;
+    }
+    r->head[n] = 0;
+    cr_assert(sscanf(r->head, "HTTP/1.1 %d", &r->status) == 1, "%s", r->head);
+    const char *cl = strcasestr(r->head, "\r\nContent-Length:");
+    cr_assert(cl, "no Content-Length: %s", r->head);
+    r->blen = strtoul(cl + 17, NULL, 10);
+    r->body = malloc(r->blen + 1);
+    size_t got = 0;
+    while (got < r->blen) {
+        ssize_t g = recv(fd, r->body + got, r->blen - got, 0);
+        cr_assert(g > 0, "body cut short");
+        got += (size_t)g;
+    }
+    r->body[r->blen] = 0;
+}
+
+tu_resp tu_http(int port, const char *method, const char *path, const void *body, size_t blen,
+                const char *extra)
+{
+    int fd = tu_tcp_connect(port);
+    cr_assert(fd >= 0, "connect: %s", strerror(errno));
+    char head[2048];
+    int hl = snprintf(head, sizeof head, "%s %s HTTP/1.1\r\nHost: t\r\nContent-Length: %zu\r\n%s\r\n",
+                      method, path, blen, extra ? extra : "");
+    tu_send_all(fd, head, (size_t)hl);
+    if (blen)
+        tu_send_all(fd, body, blen);
+    tu_resp r;
+    tu_read_resp(fd, &r);
+    close(fd);
+    return r;
 }
