@@ -50,7 +50,7 @@ CLI_LIBOBJ := $(filter-out $(B)/obj/tools/s4kv.o,$(CLI_OBJ))
 TEST_OBJ := $(TEST_SRC:%.c=$(B)/obj/%.o)
 BENCH_OBJ := $(BENCH_SRC:%.c=$(B)/obj/%.o)
 
-.PHONY: all deps test-deps test demo bench bench-deps bench-s3 install clean
+.PHONY: all deps test-deps test soak demo bench bench-deps bench-s3 install clean
 
 all: $(B)/libs4kv.a $(B)/libs4kv.so $(B)/s4kv $(B)/s4kv-demo $(B)/s4kv.pc $(FAULTPROXY)
 
@@ -119,6 +119,14 @@ test: test-deps
 	$(MAKE) --no-print-directory all $(B)/s4kv-test SAN=$(SAN)
 	S4KV_BIN=$(CURDIR)/$(B)/s4kv ASAN_OPTIONS=detect_leaks=1 \
 		LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp $(B)/s4kv-test --jobs 2
+
+# Long reliability runs (minutes): the SIGKILL loop against its oracle with
+# 1,000 kills (make test runs 40). SOAK_KILLS overrides the count.
+SOAK_KILLS ?= 1000
+soak: test-deps
+	$(MAKE) --no-print-directory all $(B)/s4kv-test SAN=$(SAN)
+	S4KV_BIN=$(CURDIR)/$(B)/s4kv S4KV_KILLS=$(SOAK_KILLS) \
+		LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp $(B)/s4kv-test --verbose --filter 'soak/*'
 
 demo: test-deps
 	$(MAKE) --no-print-directory all SAN=$(SAN)
