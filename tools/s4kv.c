@@ -1047,17 +1047,25 @@ static int daemon_after_lock(const cli *c, const char *lock_err, daemon_link *l)
     return 0;
 }
 
+/* The quoted key (q), "OP 'key'" for messages (what) and the request path
+ * /v1/kv/KEY (malloc'd; NULL after a message when out of memory). */
+static char *daemon_kv_target(const char *op, const char *key, char *q, size_t qcap,
+                              char *what, size_t wcap)
+{
+    fmt_quote(q, qcap, key, strlen(key));
+    snprintf(what, wcap, "%s %s", op, q);
+    char *path = kv_path("/v1/kv/", key, strlen(key));
+    if (!path)
+        msg("%s: out of memory", op);
+    return path;
+}
+
 static int daemon_put(cli *c, daemon_link *l, const char *key, const void *val, size_t vlen)
 {
-    char q[256], err[512];
-    fmt_quote(q, sizeof q, key, strlen(key));
-    char what[300];
-    snprintf(what, sizeof what, "put %s", q);
-    char *path = kv_path("/v1/kv/", key, strlen(key));
-    if (!path) {
-        msg("put: out of memory");
+    char q[256], err[512], what[300];
+    char *path = daemon_kv_target("put", key, q, sizeof q, what, sizeof what);
+    if (!path)
         return EX_ERR;
-    }
     http_reply r;
     int st = EX_OK;
     if (daemon_request(l, "PUT", path, val, vlen, &r, err, sizeof err) != 0)
@@ -1071,15 +1079,10 @@ static int daemon_put(cli *c, daemon_link *l, const char *key, const void *val, 
 
 static int daemon_get(cli *c, daemon_link *l, const char *key)
 {
-    char q[256], err[512];
-    fmt_quote(q, sizeof q, key, strlen(key));
-    char what[300];
-    snprintf(what, sizeof what, "get %s", q);
-    char *path = kv_path("/v1/kv/", key, strlen(key));
-    if (!path) {
-        msg("get: out of memory");
+    char q[256], err[512], what[300];
+    char *path = daemon_kv_target("get", key, q, sizeof q, what, sizeof what);
+    if (!path)
         return EX_ERR;
-    }
     http_reply r;
     int st = EX_OK;
     if (daemon_request(l, "GET", path, NULL, 0, &r, err, sizeof err) != 0) {
