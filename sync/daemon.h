@@ -77,6 +77,15 @@ void http_free(http_server *h);
 /* The server's Prometheus lines (requests, bytes, latencies, connections). */
 void http_metrics_text(http_server *h, sbuf *b);
 
+/* Test seam (fuzz/fuzz_http.c): feeds data, in pieces of at most chunk bytes
+ * (0 = at once), to one connection of a server without a socket or loop
+ * (loop only gives the clock; no owner: no loop metrics), as if read from
+ * the socket, up to where the server would stop reading; pool jobs run
+ * inline on db. Every response byte is appended to out. Returns the number
+ * of responses, or -1 out of memory. */
+int http_feed_for_test(uv_loop_t *loop, s4kv_db *db, const http_config *cfg, const void *data,
+                       size_t len, size_t chunk, sbuf *out);
+
 /* ---- Called by http.c into the loop (daemon.c). */
 /* A write through HTTP was acknowledged; it started at loop time t_ms. */
 void sync_note_write(s4kv_sync_loop *s, uint64_t t_ms);

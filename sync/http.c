@@ -119,6 +119,7 @@ struct conn {
     uint64_t last_io;        /* loop ms */
     /* the request being received */
     int in_msg;
+    uint64_t nmsg;           /* requests begun */
     uint64_t req_start;      /* loop ms at its first byte */
     uint64_t t_complete_ns;  /* uv_hrtime at its last byte */
     sbuf url, body, key;
@@ -131,6 +132,8 @@ struct conn {
     int status;              /* an error decided at the head, answered at the end */
     char msg[160];
     int reject;              /* answered at once, then closed */
+    sbuf *capture;           /* test seam: responses go here, not to a socket */
+    int nresp;               /* responses captured */
 };
 
 typedef struct wreq {
@@ -299,7 +302,8 @@ static void maybe_free(conn *c)
     for (int i = 0; i < H_N; i++)
         sb_free(&c->hv[i]);
     free(c);
-    sync_http_counts(h->owner, h->requests, h->nconns);
+    if (h->owner)
+        sync_http_counts(h->owner, h->requests, h->nconns);
     check_drained(h);
 }
 
@@ -315,6 +319,8 @@ static void conn_close(conn *c)
     if (c->dead)
         return;
     c->dead = 1;
+    if (c->capture)
+        return; /* freed by http_feed_for_test (handles stays 1 until then) */
     uv_read_stop((uv_stream_t *)&c->tcp);
     uv_close((uv_handle_t *)&c->tcp, on_conn_handle_closed);
     uv_close((uv_handle_t *)&c->timer, on_conn_handle_closed);
@@ -384,7 +390,22 @@ static void respond(conn *c, int st, const char *ctype, void *body, size_t blen,
     r->total = hd.len + (n == 2 ? blen : 0);
     r->body = body;
     r->bfree = bfree;
-    int rc = uv_write(&r->w, (uv_stream_t *)&c->tcp, bufs, (unsigned)n, on_write);
+    int rc;
+    if (c->capture) {
+        /* The test seam: the bytes are "written" at once. */
+        sb_add(c->capture, hd.p, hd.len);
+        if (n == 2)
+            sb_add(c->capture, body, blen);
+        c->nresp++;
+        free(r->head);
+        if (bfree)
+            bfree(body);
+        free(r);
+        r = NULL;
+        rc = 0;
+    } else {
+        rc = uv_write(&r->w, (uv_stream_t *)&c->tcp, bufs, (unsigned)n, on_write);
+    }
     if (rc) {
         free(r->head);
         if (bfree)
@@ -393,8 +414,10 @@ static void respond(conn *c, int st, const char *ctype, void *body, size_t blen,
         conn_close(c);
         return;
     }
-    c->wq += r->total;
-    h->bytes_out += r->total;
+    size_t total = hd.len + (n == 2 ? blen : 0);
+    if (r)
+        c->wq += total;
+    h->bytes_out += total;
     h->requests++;
     count_status(h, st);
     if (c->t_complete_ns) {
@@ -402,10 +425,12 @@ static void respond(conn *c, int st, const char *ctype, void *body, size_t blen,
         c->t_complete_ns = 0;
     }
     h->ops[c->op]++;
-    sync_http_counts(h->owner, h->requests, h->nconns);
+    if (h->owner)
+        sync_http_counts(h->owner, h->requests, h->nconns);
     if (close) {
         c->closing_write = 1;
-        uv_read_stop((uv_stream_t *)&c->tcp);
+        if (!c->capture)
+            uv_read_stop((uv_stream_t *)&c->tcp);
     } else if (c->wq > WRITE_HIGH) {
         c->wpaused = 1;
     }
@@ -556,7 +581,7 @@ static void job_done(uv_work_t *w, int status)
         j->rc = S4KV_EIO;
         snprintf(j->err, sizeof j->err, "cancelled");
     }
-    if ((j->op == OP_PUT || j->op == OP_DELETE || j->op == OP_BATCH) && j->rc == 0)
+    if ((j->op == OP_PUT || j->op == OP_DELETE || j->op == OP_BATCH) && j->rc == 0 && h->owner)
         sync_note_write(h->owner, j->start_ms);
     if (!c->dead) {
         if (j->rc) {
@@ -576,7 +601,7 @@ static void job_done(uv_work_t *w, int status)
     free(j);
     if (c->dead)
         maybe_free(c);
-    else
+    else if (!c->capture)
         resume(c);
 }
 
@@ -596,6 +621,12 @@ static int start_job(conn *c, int op)
     j->reserved = c->reserved;
     c->reserved = 0;
     j->start_ms = c->req_start;
+    if (c->capture) { /* the test seam runs the job inline */
+        c->job = 1;
+        job_work(&j->w);
+        job_done(&j->w, 0);
+        return 0;
+    }
     if (uv_queue_work(c->h->loop, &j->w, job_work, job_done) != 0) {
         c->key = j->key;
         c->body = j->body;
@@ -622,7 +653,8 @@ static void dispatch(conn *c)
         return;
     case R_METRICS: {
         sbuf b = {0};
-        sync_metrics_text(h->owner, &b);
+        if (h->owner)
+            sync_metrics_text(h->owner, &b);
         http_metrics_text(h, &b);
         if (b.oom) {
             sb_free(&b);
@@ -678,6 +710,7 @@ static int on_message_begin(http_parser *p)
 {
     conn *c = p->data;
     c->in_msg = 1;
+    c->nmsg++;
     c->req_start = uv_now(c->h->loop);
     c->url.len = 0;
     c->body.len = 0;
@@ -874,10 +907,14 @@ static int on_headers_complete(http_parser *p)
             r->c = c;
             r->total = sizeof cont - 1;
             uv_buf_t b = uv_buf_init((char *)cont, sizeof cont - 1);
-            if (uv_write(&r->w, (uv_stream_t *)&c->tcp, &b, 1, on_write) == 0)
-                c->wq += r->total;
-            else
+            if (c->capture) {
+                sb_add(c->capture, cont, sizeof cont - 1);
                 free(r);
+            } else if (uv_write(&r->w, (uv_stream_t *)&c->tcp, &b, 1, on_write) == 0) {
+                c->wq += r->total;
+            } else {
+                free(r);
+            }
         }
     }
     return 0;
@@ -951,7 +988,8 @@ static void feed(conn *c, const char *data, size_t len)
     enum http_errno e = HTTP_PARSER_ERRNO(&c->p);
     if (e == HPE_PAUSED) {
         sb_add(&c->pend, data + n, len - n);
-        uv_read_stop((uv_stream_t *)&c->tcp);
+        if (!c->capture)
+            uv_read_stop((uv_stream_t *)&c->tcp);
         if (c->pend.oom)
             conn_close(c);
         return;
@@ -1038,8 +1076,14 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
         respond_error(c, 408, "the request did not arrive in time");
         return;
     }
-    uv_timer_start(&c->timer, on_conn_timer, h->cfg.idle_timeout_ms, 0);
+    /* Only bytes of a request restart the idle timer: http-parser skips
+     * CR and LF between requests, and a client trickling those must not
+     * hold its connection past idle_timeout_ms. */
+    int was_in_msg = c->in_msg;
+    uint64_t begun = c->nmsg;
     feed(c, buf->base, (size_t)nread);
+    if (!c->dead && (was_in_msg || c->nmsg != begun))
+        uv_timer_start(&c->timer, on_conn_timer, h->cfg.idle_timeout_ms, 0);
 }
 
 static void on_connection(uv_stream_t *ls, int status)
@@ -1085,6 +1129,17 @@ static void on_connection(uv_stream_t *ls, int status)
 
 /* ---- the server */
 
+static void init_settings(http_server *h)
+{
+    h->settings.on_message_begin = on_message_begin;
+    h->settings.on_url = on_url;
+    h->settings.on_header_field = on_header_field;
+    h->settings.on_header_value = on_header_value;
+    h->settings.on_headers_complete = on_headers_complete;
+    h->settings.on_body = on_body;
+    h->settings.on_message_complete = on_message_complete;
+}
+
 static void on_failed_listener_closed(uv_handle_t *hd)
 {
     http_server *h = hd->data;
@@ -1111,13 +1166,7 @@ int http_start(uv_loop_t *loop, s4kv_db *db, s4kv_sync_loop *owner, const http_c
         free(h);
         return seterr(err, errlen, S4KV_ENOMEM, "out of memory");
     }
-    h->settings.on_message_begin = on_message_begin;
-    h->settings.on_url = on_url;
-    h->settings.on_header_field = on_header_field;
-    h->settings.on_header_value = on_header_value;
-    h->settings.on_headers_complete = on_headers_complete;
-    h->settings.on_body = on_body;
-    h->settings.on_message_complete = on_message_complete;
+    init_settings(h);
     uv_tcp_init(loop, &h->listener);
     h->listener.data = h;
     int rc = uv_tcp_bind(&h->listener, (const struct sockaddr *)&cfg->addr->ss, 0);
@@ -1239,4 +1288,51 @@ void http_metrics_text(http_server *h, sbuf *b)
                  "# TYPE s4kv_http_connections_refused_total counter\n"
                  "s4kv_http_connections_refused_total %" PRIu64 "\n",
               h->bytes_in, h->bytes_out, h->nconns, h->accepted, h->refused);
+}
+
+/* ---- the test seam (fuzz/fuzz_http.c) */
+
+int http_feed_for_test(uv_loop_t *loop, s4kv_db *db, const http_config *cfg, const void *data,
+                       size_t len, size_t chunk, sbuf *out)
+{
+    http_server *h = calloc(1, sizeof *h);
+    conn *c = calloc(1, sizeof *c);
+    if (!h || !c || (cfg->token && !(h->token = strdup(cfg->token)))) {
+        free(h);
+        free(c);
+        return -1;
+    }
+    h->loop = loop;
+    h->db = db;
+    h->cfg = *cfg;
+    h->cfg.addr = NULL;
+    h->cfg.listen = NULL;
+    h->cfg.token = NULL;
+    h->body_budget = 4 * cfg->max_body;
+    init_settings(h);
+    c->h = h;
+    c->handles = 1; /* stands for the socket: conn_close does not free */
+    c->capture = out;
+    h->conns = c;
+    h->nconns = 1;
+    http_parser_init(&c->p, HTTP_REQUEST);
+    c->p.data = c;
+    c->last_io = uv_now(loop);
+    if (chunk == 0)
+        chunk = len ? len : 1;
+    const char *p = data;
+    /* As on_read: stop where the real server stops reading (a Connection:
+     * close response queued, the connection closed, the parser paused). */
+    for (size_t off = 0; off < len && !c->dead && !c->paused && !c->closing_write;) {
+        size_t n = len - off < chunk ? len - off : chunk;
+        feed(c, p + off, n);
+        off += n;
+    }
+    int nresp = c->nresp;
+    c->dead = 1;
+    c->handles = 0;
+    maybe_free(c);
+    free(h->token);
+    free(h);
+    return nresp;
 }
