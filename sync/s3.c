@@ -46,6 +46,7 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include <uv.h>
 
 #include "s3_internal.h"
 #include "s4kv.h"
@@ -53,6 +54,7 @@
 
 #define S3_USER_AGENT "s4kv/0.1.0"
 #define POOL_MAX 64
+#define MPOOL_MAX 16
 #define ERRBODY_MAX (64 * 1024)
 #define BUDGET_MAX 500
 #define RETRY_COST 5
@@ -67,9 +69,13 @@ struct s3_client {
     char *base_url;    /* scheme://authority (virtual host: bucket.authority) */
     char *host;        /* the Host header value */
     char *path_prefix; /* "/bucket" (path style, encoded) or "" */
-    pthread_mutex_t mu; /* pool, stats, budget, rng */
+    pthread_mutex_t mu; /* pools, stats, budget, rng, the attached loop */
     CURL *pool[POOL_MAX];
     size_t npool;
+    CURLM *mpool[MPOOL_MAX]; /* idle multi handles, each with its connection cache */
+    size_t nmpool;
+    s3_loop *xloop;           /* s3_client_attach_loop, or NULL */
+    s3_debug dbg;
     CURLSH *share;
     pthread_mutex_t share_mu[CURL_LOCK_DATA_LAST];
     s3_stats st;
@@ -94,15 +100,6 @@ static double now_sec(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static void sleep_ms(long ms)
-{
-    if (ms <= 0)
-        return;
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) && errno == EINTR)
-        ;
 }
 
 static void seterr(char *err, size_t errlen, const char *fmt, ...)
@@ -285,6 +282,7 @@ struct s3_req {
     void *job;
     uint32_t part; /* 1-based part number, 0 = not a part */
     int kind;
+    s3_req *anext, *aprev; /* the runner's list of requests on its multi handle */
 };
 
 static void req_fail(s3_req *r, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -837,29 +835,9 @@ static int req_finish(s3_req *r, CURLcode cc, long *delay_ms)
     return V_DONE;
 }
 
-/* Runs r to completion on a pooled handle, retrying as req_finish says. */
-static int req_run(s3_req *r)
-{
-    for (;;) {
-        CURL *h = pool_get(r->cl);
-        if (!h) {
-            req_fail(r, S4KV_ENOMEM, "cannot create a curl handle");
-            return r->rc;
-        }
-        if (req_setup(r, h)) {
-            pool_put(r->cl, h);
-            return r->rc;
-        }
-        CURLcode cc = curl_easy_perform(h);
-        long delay = 0;
-        int v = req_finish(r, cc, &delay);
-        pool_put(r->cl, h);
-        r->h = NULL;
-        if (v == V_DONE)
-            return r->rc;
-        sleep_ms(delay);
-    }
-}
+/* Runs r to completion as a batch of one on the event-loop driver (below),
+ * retrying as req_finish says. Returns r->rc. */
+static int req_run(s3_req *r);
 
 static int req_result(s3_req *r, char *err, size_t errlen)
 {
@@ -976,6 +954,8 @@ void s3_client_free(s3_client *cl)
 {
     if (!cl)
         return;
+    for (size_t i = 0; i < cl->nmpool; i++)
+        curl_multi_cleanup(cl->mpool[i]); /* closes the cached connections */
     for (size_t i = 0; i < cl->npool; i++)
         curl_easy_cleanup(cl->pool[i]);
     if (cl->share)
@@ -1351,6 +1331,7 @@ typedef struct xjob {
     int open, done, failed;
     int fd;
     char *tmp;
+    char (*sha)[65]; /* SHA-256 of the body, or of each part (job_prepare) */
     /* multipart */
     int mpu;
     char *upload_id;
@@ -1361,19 +1342,48 @@ typedef struct xjob {
     int64_t created; /* wall clock (Unix seconds) before CreateMultipartUpload */
 } xjob;
 
-typedef struct runner {
+typedef struct sockctx sockctx;
+typedef struct runner runner;
+
+/* One socket curl asked us to watch: its uv_poll_t (curl_multi_assign'd). */
+struct sockctx {
+    uv_poll_t poll;
+    runner *R;
+    curl_socket_t fd;
+    sockctx *prev, *next;
+};
+
+/* One batch: the jobs of an s3_run, or one request (req_run), on one curl
+ * multi handle driven by one uv loop. */
+struct runner {
     s3_client *cl;
     CURLM *m;
     xjob *jobs;
     size_t n, next_job, ndone;
-    s3_req **wait; /* ready or waiting for their retry time */
+    s3_req *single;   /* req_run's request (the caller owns it), or NULL */
+    int single_started;
+    s3_req **wait;    /* ready or waiting for their retry time */
     size_t nwait, capwait;
+    s3_req *act;      /* requests on the multi handle (list through anext) */
     int active, maxp;
     uint64_t done_bytes, total_bytes;
     s3_progress_fn progress;
     void *ctx;
-    int fatal; /* ENOMEM in the scheduler itself */
-} runner;
+    /* the driver */
+    uv_loop_t *loop;
+    uv_timer_t ctimer; /* curl's one timer (CURLMOPT_TIMERFUNCTION) */
+    uv_timer_t rtimer; /* retries due and queued follow-ups */
+    sockctx *socks;    /* live uv_poll_t's */
+    int started, closing, nclosing, multi_bad, on_loop;
+    char broken[200];  /* the driver itself failed: every transfer fails with it */
+    pthread_t thread;  /* the thread that last called curl_multi_socket_action */
+    int thread_set;
+    /* posted to an attached loop (s3_loop) */
+    runner *next;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int posted, finished;
+};
 
 static void job_fail(xjob *j, int rc, const char *msg)
 {
@@ -1430,6 +1440,8 @@ static void job_finish(runner *R, xjob *j)
     j->upload_id = NULL;
     free(j->complete_body);
     j->complete_body = NULL;
+    free(j->sha);
+    j->sha = NULL;
 }
 
 static int push_wait(runner *R, s3_req *r)
@@ -1605,23 +1617,84 @@ static s3_req *part_req(runner *R, xjob *j)
     }
     r->body_len = plen;
     r->body_off = off;
-    if (j->x->op == S3_XPUT_BUF) {
+    if (j->x->op == S3_XPUT_BUF)
         r->body = j->x->buf;
-        sigv4_sha256_hex((const uint8_t *)j->x->buf + off, (size_t)plen, r->body_sha);
-    } else {
+    else
         r->body_fd = j->fd;
-        int en = 0;
-        if (hex_sha256_fd(j->fd, off, plen, r->body_sha, &en)) {
-            req_fail(r, S4KV_EIO, "reading %s: %s", j->x->path,
-                     en ? strerror(en) : "file shorter than the length to upload");
-            job_fail(j, r->rc, r->err);
-            req_free(r);
-            return NULL;
-        }
-    }
+    memcpy(r->body_sha, j->sha[pn - 1], sizeof r->body_sha); /* job_prepare */
     r->check = etag_check;
     j->inflight++;
     return r;
+}
+
+/* Multipart layout of a PUT job: j->mpu, part_size, nparts. */
+static void job_layout(runner *R, xjob *j)
+{
+    uint64_t len = j->x->len;
+    j->mpu = len >= R->cl->cfg.multipart_threshold && len > 0;
+    if (!j->mpu) {
+        j->nparts = 1;
+        return;
+    }
+    uint64_t ps = R->cl->cfg.part_size;
+    while ((len + ps - 1) / ps > MAX_PARTS)
+        ps *= 2;
+    j->part_size = ps;
+    j->nparts = (uint32_t)((len + ps - 1) / ps);
+}
+
+/* On the caller's thread, before the batch goes to a loop: hashes the body
+ * of a PUT job (or each of its parts) into j->sha, so the loop thread only
+ * moves bytes. A read error fails the job (its message names the request the
+ * hash was for); a job that cannot even be opened is left to job_open, which
+ * reports it. */
+static void job_prepare(runner *R, xjob *j)
+{
+    s3_xfer *x = j->x;
+    if ((x->op != S3_XPUT_FILE && x->op != S3_XPUT_BUF) || !x->key || !*x->key ||
+        (x->op == S3_XPUT_BUF && !x->buf && x->len))
+        return;
+    int fd = -1;
+    if (x->op == S3_XPUT_FILE) {
+        struct stat st;
+        fd = x->path ? open(x->path, O_RDONLY | O_CLOEXEC) : -1;
+        if (fd < 0 || fstat(fd, &st) || (uint64_t)st.st_size < x->len) {
+            if (fd >= 0)
+                close(fd);
+            return;
+        }
+    }
+    job_layout(R, j);
+    j->sha = calloc(j->nparts, sizeof *j->sha);
+    if (!j->sha) {
+        job_fail(j, S4KV_ENOMEM, "out of memory");
+    } else {
+        for (uint32_t i = 0; i < j->nparts && !j->failed; i++) {
+            uint64_t off = (uint64_t)i * j->part_size;
+            uint64_t plen = !j->mpu ? x->len : x->len - off < j->part_size ? x->len - off
+                                                                          : j->part_size;
+            if (x->op == S3_XPUT_BUF) {
+                sigv4_sha256_hex(x->buf ? (const uint8_t *)x->buf + off : (const uint8_t *)"",
+                                 (size_t)plen, j->sha[i]);
+                continue;
+            }
+            int en = 0;
+            if (!hex_sha256_fd(fd, off, plen, j->sha[i], &en))
+                continue;
+            s3_req *r = j->mpu ? new_req(R, j, K_PART, "UploadPart", "PUT")
+                               : new_req(R, j, K_PUT, "PUT", "PUT");
+            if (r) {
+                if (j->mpu)
+                    snprintf(r->detail, sizeof r->detail, " (part %u of %u)", i + 1, j->nparts);
+                req_fail(r, S4KV_EIO, "reading %s: %s", x->path,
+                         en ? strerror(en) : "file shorter than the length to upload");
+                job_fail(j, r->rc, r->err);
+                req_free(r);
+            }
+        }
+    }
+    if (fd >= 0)
+        close(fd);
 }
 
 /* Opens job j and starts (or queues) its first request; failures finish it. */
@@ -1629,9 +1702,11 @@ static void job_open(runner *R, xjob *j)
 {
     s3_xfer *x = j->x;
     j->open = 1;
-    x->rc = 0;
-    x->err[0] = 0;
     char m[300];
+    if (j->failed) { /* in job_prepare */
+        job_finish(R, j);
+        return;
+    }
     if (!x->key || !*x->key) {
         job_fail(j, S4KV_EINVAL, "transfer without a key");
         job_finish(R, j);
@@ -1661,13 +1736,14 @@ static void job_open(runner *R, xjob *j)
             job_finish(R, j);
             return;
         }
-        if (x->len >= R->cl->cfg.multipart_threshold && x->len > 0) {
-            j->mpu = 1;
-            uint64_t ps = R->cl->cfg.part_size;
-            while ((x->len + ps - 1) / ps > MAX_PARTS)
-                ps *= 2;
-            j->part_size = ps;
-            j->nparts = (uint32_t)((x->len + ps - 1) / ps);
+        if (!j->sha) { /* the file appeared or grew after job_prepare looked */
+            snprintf(m, sizeof m, "PUT s3://%s/%s: %s changed while it was being hashed",
+                     R->cl->bucket, x->key, x->path ? x->path : "(no path)");
+            job_fail(j, S4KV_EIO, m);
+            job_finish(R, j);
+            return;
+        }
+        if (j->mpu) {
             j->etags = calloc(j->nparts, sizeof *j->etags);
             if (!j->etags || !(r = new_req(R, j, K_CREATE, "CreateMultipartUpload", "POST")) ||
                 !(r->query = strdup("uploads"))) {
@@ -1687,21 +1763,11 @@ static void job_open(runner *R, xjob *j)
             }
             r->body_len = x->len;
             r->content_type = "application/octet-stream";
-            if (x->op == S3_XPUT_BUF) {
+            if (x->op == S3_XPUT_BUF)
                 r->body = x->buf;
-                sigv4_sha256_hex(x->buf ? x->buf : "", (size_t)x->len, r->body_sha);
-            } else {
+            else
                 r->body_fd = j->fd;
-                int en = 0;
-                if (hex_sha256_fd(j->fd, 0, x->len, r->body_sha, &en)) {
-                    req_fail(r, S4KV_EIO, "reading %s: %s", x->path,
-                             en ? strerror(en) : "file shorter than the length to upload");
-                    job_fail(j, r->rc, r->err);
-                    req_free(r);
-                    job_finish(R, j);
-                    return;
-                }
-            }
+            memcpy(r->body_sha, j->sha[0], sizeof r->body_sha);
         }
     } else if (x->op == S3_XGET_FILE) {
         size_t pl = x->path ? strlen(x->path) + 5 : 0;
@@ -1738,6 +1804,18 @@ static void job_open(runner *R, xjob *j)
     start_req(R, r);
 }
 
+static void act_unlink(runner *R, s3_req *r)
+{
+    if (r->aprev)
+        r->aprev->anext = r->anext;
+    else
+        R->act = r->anext;
+    if (r->anext)
+        r->anext->aprev = r->aprev;
+    r->anext = r->aprev = NULL;
+    R->active--;
+}
+
 static void start_req(runner *R, s3_req *r)
 {
     CURL *h = pool_get(R->cl);
@@ -1752,6 +1830,8 @@ static void start_req(runner *R, s3_req *r)
         req_done(R, r);
         return;
     }
+    /* adding only arms curl's timer (timer_cb); the transfer starts from
+     * on_ctimer, never from inside this call */
     if (curl_multi_add_handle(R->m, h) != CURLM_OK) {
         pool_put(R->cl, h);
         r->h = NULL;
@@ -1759,6 +1839,11 @@ static void start_req(runner *R, s3_req *r)
         req_done(R, r);
         return;
     }
+    r->aprev = NULL;
+    r->anext = R->act;
+    if (R->act)
+        R->act->aprev = r;
+    R->act = r;
     R->active++;
 }
 
@@ -1785,6 +1870,10 @@ static void progress(runner *R)
 /* A request reached its final state (r->rc). Advances its job; frees r. */
 static void req_done(runner *R, s3_req *r)
 {
+    if (r == R->single) { /* req_run: the caller reads r */
+        R->ndone++;
+        return;
+    }
     xjob *j = r->job;
     switch (r->kind) {
     case K_PUT:
@@ -1858,6 +1947,524 @@ static void req_done(runner *R, s3_req *r)
     progress(R);
 }
 
+
+/* ---- The driver: curl's multi-socket interface on a libuv loop
+ *
+ * The pattern of libcurl's docs/examples/multi-uv.c and
+ * curl_multi_socket_action(3): curl says which sockets to watch
+ * (CURLMOPT_SOCKETFUNCTION -> sock_cb: one uv_poll_t per socket, found again
+ * through curl_multi_assign) and when to call it back without socket
+ * activity (CURLMOPT_TIMERFUNCTION -> timer_cb: one uv_timer_t, -1 stops it,
+ * 0 fires on the loop's next timer pass); the loop calls
+ * curl_multi_socket_action for ready sockets (on_poll) and on expiry
+ * (on_ctimer), and after each call we collect finished transfers with
+ * curl_multi_info_read (pump). curl's callbacks only (re)arm handles: they
+ * never call back into curl, so nothing re-enters curl_multi_socket_action.
+ * A second uv_timer_t (rtimer) starts retries when their backoff is over. */
+
+static int sock_cb(CURL *e, curl_socket_t s, int what, void *userp, void *socketp);
+static int timer_cb(CURLM *m, long timeout_ms, void *userp);
+static void pump(runner *R);
+
+static CURLM *multi_get(s3_client *cl)
+{
+    CURLM *m = NULL;
+    pthread_mutex_lock(&cl->mu);
+    if (cl->nmpool)
+        m = cl->mpool[--cl->nmpool];
+    pthread_mutex_unlock(&cl->mu);
+    if (m || !(m = curl_multi_init()))
+        return m;
+    curl_multi_setopt(m, CURLMOPT_SOCKETFUNCTION, sock_cb);
+    curl_multi_setopt(m, CURLMOPT_TIMERFUNCTION, timer_cb);
+    /* keep a batch's connections for the next batch (the default keeps 4 per
+     * easy handle added, and a batch of one has one) */
+    curl_multi_setopt(m, CURLMOPT_MAXCONNECTS, (long)(cl->cfg.max_parallel > 4 ? cl->cfg.max_parallel : 4));
+    return m;
+}
+
+static void multi_put(s3_client *cl, CURLM *m)
+{
+    pthread_mutex_lock(&cl->mu);
+    if (cl->nmpool < MPOOL_MAX) {
+        cl->mpool[cl->nmpool++] = m;
+        m = NULL;
+    }
+    pthread_mutex_unlock(&cl->mu);
+    if (m)
+        curl_multi_cleanup(m);
+}
+
+static const char *xop_name(const s3_xfer *x)
+{
+    return x->op == S3_XGET_FILE ? "GET" : "PUT";
+}
+
+/* The driver failed (R->broken): every request and job still open fails with
+ * that message; multipart uploads in flight are left for the bucket's
+ * lifecycle rule (nothing can be sent to abort them). */
+static void fail_all(runner *R)
+{
+    while (R->act) {
+        s3_req *r = R->act;
+        if (r->h) {
+            curl_multi_remove_handle(R->m, r->h);
+            pool_put(R->cl, r->h);
+            r->h = NULL;
+        }
+        act_unlink(R, r);
+        if (r != R->single)
+            req_free(r);
+    }
+    for (size_t i = 0; i < R->nwait; i++)
+        if (R->wait[i] != R->single)
+            req_free(R->wait[i]);
+    R->nwait = 0;
+    if (R->single && R->ndone < R->n) {
+        req_fail(R->single, S4KV_EIO, "%s", R->broken);
+        R->single_started = 1;
+        R->ndone = R->n;
+    }
+    for (size_t i = 0; R->jobs && i < R->n; i++) {
+        xjob *j = &R->jobs[i];
+        j->open = 1;
+        if (!j->done) {
+            char m[400];
+            snprintf(m, sizeof m, "%s s3://%s/%s: %s", xop_name(j->x), R->cl->bucket,
+                     j->x->key ? j->x->key : "", R->broken);
+            job_fail(j, S4KV_EIO, m);
+            job_finish(R, j);
+        }
+    }
+    R->next_job = R->n;
+}
+
+/* Starts what may start: due retries and follow-ups (oldest first), parts of
+ * open multipart uploads, new jobs; at most maxp requests on the multi. */
+static void schedule(runner *R)
+{
+    if (R->broken[0]) {
+        fail_all(R);
+        return;
+    }
+    uint64_t now = now_ms();
+    for (size_t i = 0; i < R->nwait && R->active < R->maxp;) {
+        if (R->wait[i]->not_before <= now) {
+            s3_req *r = R->wait[i];
+            memmove(&R->wait[i], &R->wait[i + 1], (R->nwait - i - 1) * sizeof *R->wait);
+            R->nwait--;
+            start_req(R, r);
+        } else {
+            i++;
+        }
+    }
+    for (size_t i = 0; i < R->next_job && R->active < R->maxp; i++) {
+        xjob *j = &R->jobs[i];
+        while (!j->done && !j->failed && j->mpu && j->upload_id && j->next_part < j->nparts &&
+               R->active < R->maxp) {
+            s3_req *r = part_req(R, j);
+            if (!r) {
+                if (j->inflight == 0)
+                    abort_mpu(R, j);
+                break;
+            }
+            start_req(R, r);
+        }
+    }
+    if (R->single && !R->single_started) {
+        R->single_started = 1;
+        start_req(R, R->single);
+    }
+    while (R->jobs && R->active < R->maxp && R->next_job < R->n)
+        job_open(R, &R->jobs[R->next_job++]);
+}
+
+/* Collects the transfers curl finished: retry (after a backoff) or done. */
+static void finish_msgs(runner *R)
+{
+    CURLMsg *msg;
+    int left;
+    while ((msg = curl_multi_info_read(R->m, &left))) {
+        if (msg->msg != CURLMSG_DONE)
+            continue;
+        CURL *h = msg->easy_handle;
+        CURLcode cc = msg->data.result; /* msg is gone after remove_handle */
+        char *priv = NULL;
+        curl_easy_getinfo(h, CURLINFO_PRIVATE, &priv);
+        s3_req *r = (s3_req *)(void *)priv;
+        curl_multi_remove_handle(R->m, h);
+        act_unlink(R, r);
+        long delay = 0;
+        int v = req_finish(r, cc, &delay);
+        pool_put(R->cl, h);
+        r->h = NULL;
+        if (v == V_RETRY) {
+            r->not_before = now_ms() + (uint64_t)delay;
+            if (push_wait(R, r)) {
+                req_fail(r, S4KV_ENOMEM, "out of memory");
+                req_done(R, r);
+            }
+        } else {
+            req_done(R, r);
+        }
+    }
+}
+
+static void closed_one(runner *R)
+{
+    if (--R->nclosing > 0 || !R->closing)
+        return;
+    if (R->posted) { /* the caller waits in runner_exec; R is gone after the unlock */
+        pthread_mutex_lock(&R->mu);
+        R->finished = 1;
+        pthread_cond_signal(&R->cv);
+        pthread_mutex_unlock(&R->mu);
+    }
+}
+
+static void on_sock_closed(uv_handle_t *h)
+{
+    sockctx *c = h->data;
+    runner *R = c->R;
+    free(c);
+    closed_one(R);
+}
+
+static void on_timer_closed(uv_handle_t *h)
+{
+    closed_one(h->data);
+}
+
+static void sock_close(runner *R, sockctx *c)
+{
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        R->socks = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    /* uv_close stops the poll (epoll forgets the fd) now, before curl closes
+     * the socket and maybe reuses its number; c is freed in the callback */
+    R->nclosing++;
+    uv_close((uv_handle_t *)&c->poll, on_sock_closed);
+}
+
+/* All jobs done: hands the multi back (or drops it when curl still watches a
+ * socket: its uv_poll_t belongs to this loop) and closes the handles. */
+static void teardown(runner *R)
+{
+    R->closing = 1;
+    if (R->active || R->nwait) { /* not expected; never leave a request behind */
+        snprintf(R->broken, sizeof R->broken, "internal error: batch ended with requests open");
+        fail_all(R);
+    }
+    while (R->socks) {
+        curl_multi_assign(R->m, R->socks->fd, NULL);
+        sock_close(R, R->socks);
+        R->multi_bad = 1;
+    }
+    curl_multi_setopt(R->m, CURLMOPT_SOCKETDATA, NULL);
+    curl_multi_setopt(R->m, CURLMOPT_TIMERDATA, NULL);
+    if (R->multi_bad)
+        curl_multi_cleanup(R->m);
+    else
+        multi_put(R->cl, R->m);
+    R->m = NULL;
+    s3_client *cl = R->cl;
+    pthread_mutex_lock(&cl->mu);
+    if (R->on_loop)
+        cl->dbg.loop_batches++;
+    else
+        cl->dbg.private_batches++;
+    cl->dbg.multis_dropped += (uint64_t)R->multi_bad;
+    if (R->thread_set) {
+        cl->dbg.last_thread = R->thread;
+        cl->dbg.have_thread = 1;
+    }
+    pthread_mutex_unlock(&cl->mu);
+    R->nclosing += 2;
+    uv_close((uv_handle_t *)&R->ctimer, on_timer_closed);
+    uv_close((uv_handle_t *)&R->rtimer, on_timer_closed);
+}
+
+static void on_rtimer(uv_timer_t *t)
+{
+    pump(t->data);
+}
+
+/* After any event: collect, start what may start, then either end the batch
+ * or arm the retry timer for the first waiting request. */
+static void pump(runner *R)
+{
+    if (R->closing)
+        return;
+    finish_msgs(R);
+    schedule(R);
+    if (R->ndone == R->n && R->active == 0) {
+        teardown(R);
+        return;
+    }
+    if (R->nwait && R->active < R->maxp) {
+        uint64_t now = now_ms(), first = UINT64_MAX;
+        for (size_t i = 0; i < R->nwait; i++)
+            if (R->wait[i]->not_before < first)
+                first = R->wait[i]->not_before;
+        uv_timer_start(&R->rtimer, on_rtimer, first > now ? first - now : 0, 0);
+    } else {
+        uv_timer_stop(&R->rtimer);
+    }
+}
+
+static void drive(runner *R, curl_socket_t s, int flags)
+{
+    int running = 0;
+    R->thread = pthread_self();
+    R->thread_set = 1;
+    CURLMcode mc = curl_multi_socket_action(R->m, s, flags, &running);
+    if (mc != CURLM_OK && !R->broken[0]) {
+        snprintf(R->broken, sizeof R->broken, "curl_multi_socket_action: %s",
+                 curl_multi_strerror(mc));
+        R->multi_bad = 1;
+    }
+    pump(R);
+}
+
+static void on_poll(uv_poll_t *p, int status, int events)
+{
+    sockctx *c = p->data;
+    int flags = status < 0 ? CURL_CSELECT_ERR : 0;
+    if (events & UV_READABLE)
+        flags |= CURL_CSELECT_IN;
+    if (events & UV_WRITABLE)
+        flags |= CURL_CSELECT_OUT;
+    drive(c->R, c->fd, flags);
+}
+
+static void on_ctimer(uv_timer_t *t)
+{
+    drive(t->data, CURL_SOCKET_TIMEOUT, 0);
+}
+
+static int sock_cb(CURL *e, curl_socket_t s, int what, void *userp, void *socketp)
+{
+    (void)e;
+    runner *R = userp;
+    sockctx *c = socketp;
+    if (!R) /* between batches, or a multi being dropped */
+        return 0;
+    if (what == CURL_POLL_REMOVE) {
+        if (c) {
+            curl_multi_assign(R->m, s, NULL);
+            sock_close(R, c);
+        }
+        return 0;
+    }
+    int rc = 0;
+    if (!c) {
+        c = calloc(1, sizeof *c);
+        if (!c || (rc = uv_poll_init_socket(R->loop, &c->poll, s)) != 0) {
+            free(c);
+            if (!R->broken[0])
+                snprintf(R->broken, sizeof R->broken, "uv_poll_init_socket: %s",
+                         rc ? uv_strerror(rc) : "out of memory");
+            R->multi_bad = 1;
+            return -1;
+        }
+        c->R = R;
+        c->fd = s;
+        c->poll.data = c;
+        c->next = R->socks;
+        if (R->socks)
+            R->socks->prev = c;
+        R->socks = c;
+        curl_multi_assign(R->m, s, c);
+    }
+    int ev = (what & CURL_POLL_IN ? UV_READABLE : 0) | (what & CURL_POLL_OUT ? UV_WRITABLE : 0);
+    if ((rc = uv_poll_start(&c->poll, ev, on_poll)) != 0) {
+        if (!R->broken[0])
+            snprintf(R->broken, sizeof R->broken, "uv_poll_start: %s", uv_strerror(rc));
+        R->multi_bad = 1;
+        return -1;
+    }
+    return 0;
+}
+
+static int timer_cb(CURLM *m, long timeout_ms, void *userp)
+{
+    (void)m;
+    runner *R = userp;
+    if (!R || R->closing)
+        return 0;
+    if (timeout_ms < 0)
+        uv_timer_stop(&R->ctimer);
+    else /* 0: on the next timer pass, not from inside curl */
+        uv_timer_start(&R->ctimer, on_ctimer, (uint64_t)timeout_ms, 0);
+    return 0;
+}
+
+/* On the thread of R->loop. */
+static void runner_start(runner *R)
+{
+    uv_timer_init(R->loop, &R->ctimer);
+    uv_timer_init(R->loop, &R->rtimer);
+    R->ctimer.data = R->rtimer.data = R;
+    curl_multi_setopt(R->m, CURLMOPT_SOCKETDATA, R);
+    curl_multi_setopt(R->m, CURLMOPT_TIMERDATA, R);
+    pump(R);
+}
+
+/* ---- The attached loop (s3_loop) */
+
+struct s3_loop {
+    uv_loop_t *loop;
+    uv_async_t async;
+    pthread_t thread;     /* the loop's thread (the one that called s3_loop_new) */
+    pthread_mutex_t mu;   /* the queue and closed */
+    runner *head, *tail;  /* posted batches not yet started */
+    int closed;
+};
+
+static void on_post(uv_async_t *a)
+{
+    s3_loop *x = a->data;
+    for (;;) {
+        pthread_mutex_lock(&x->mu);
+        runner *R = x->head;
+        if (R && !(x->head = R->next))
+            x->tail = NULL;
+        pthread_mutex_unlock(&x->mu);
+        if (!R)
+            break;
+        R->loop = x->loop;
+        R->on_loop = 1;
+        runner_start(R);
+    }
+}
+
+int s3_loop_new(uv_loop_t *loop, s3_loop **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    s3_loop *x = calloc(1, sizeof *x);
+    if (!x) {
+        seterr(err, errlen, "S3 loop: out of memory");
+        return S4KV_ENOMEM;
+    }
+    int rc = uv_async_init(loop, &x->async, on_post);
+    if (rc) {
+        free(x);
+        seterr(err, errlen, "S3 loop: uv_async_init: %s", uv_strerror(rc));
+        return S4KV_EIO;
+    }
+    pthread_mutex_init(&x->mu, NULL);
+    x->loop = loop;
+    x->thread = pthread_self();
+    x->async.data = x;
+    *out = x;
+    return 0;
+}
+
+static void on_s3_loop_closed(uv_handle_t *h)
+{
+    s3_loop *x = h->data;
+    pthread_mutex_destroy(&x->mu);
+    free(x);
+}
+
+void s3_loop_close(s3_loop *x)
+{
+    if (!x)
+        return;
+    pthread_mutex_lock(&x->mu);
+    x->closed = 1;
+    pthread_mutex_unlock(&x->mu);
+    on_post(&x->async); /* batches already posted still run to their end on the loop */
+    uv_close((uv_handle_t *)&x->async, on_s3_loop_closed);
+}
+
+void s3_client_attach_loop(s3_client *cl, s3_loop *x)
+{
+    pthread_mutex_lock(&cl->mu);
+    cl->xloop = x;
+    pthread_mutex_unlock(&cl->mu);
+}
+
+void s3_client_debug(s3_client *cl, s3_debug *d)
+{
+    pthread_mutex_lock(&cl->mu);
+    *d = cl->dbg;
+    pthread_mutex_unlock(&cl->mu);
+}
+
+/* Runs R to its end: posted to the attached loop when there is one and this
+ * is another thread, else on a private loop here. */
+static void runner_exec(runner *R)
+{
+    s3_client *cl = R->cl;
+    if (!(R->m = multi_get(cl))) {
+        snprintf(R->broken, sizeof R->broken, "cannot create a curl multi handle");
+        fail_all(R);
+        return;
+    }
+    pthread_mutex_lock(&cl->mu);
+    s3_loop *x = cl->xloop;
+    pthread_mutex_unlock(&cl->mu);
+    if (x && !pthread_equal(x->thread, pthread_self())) {
+        pthread_mutex_init(&R->mu, NULL);
+        pthread_cond_init(&R->cv, NULL);
+        R->posted = 1;
+        pthread_mutex_lock(&x->mu);
+        int ok = !x->closed;
+        if (ok) {
+            if (x->tail)
+                x->tail->next = R;
+            else
+                x->head = R;
+            x->tail = R;
+            uv_async_send(&x->async);
+        }
+        pthread_mutex_unlock(&x->mu);
+        if (ok) {
+            pthread_mutex_lock(&R->mu);
+            while (!R->finished)
+                pthread_cond_wait(&R->cv, &R->mu);
+            pthread_mutex_unlock(&R->mu);
+        }
+        pthread_cond_destroy(&R->cv);
+        pthread_mutex_destroy(&R->mu);
+        R->posted = 0;
+        if (ok)
+            return;
+    }
+    uv_loop_t loop;
+    int rc = uv_loop_init(&loop);
+    if (rc) {
+        snprintf(R->broken, sizeof R->broken, "uv_loop_init: %s", uv_strerror(rc));
+        fail_all(R);
+        multi_put(cl, R->m);
+        R->m = NULL;
+        return;
+    }
+    R->loop = &loop;
+    runner_start(R);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    if (!R->closing) { /* the loop ran dry with work left: fail it, do not hang */
+        snprintf(R->broken, sizeof R->broken,
+                 "internal error: the event loop stopped with %d request(s) open", R->active);
+        R->multi_bad = 1;
+        pump(R);
+        uv_run(&loop, UV_RUN_DEFAULT);
+    }
+    uv_loop_close(&loop);
+}
+
+static int req_run(s3_req *r)
+{
+    runner R = {.cl = r->cl, .n = 1, .maxp = 1, .single = r};
+    runner_exec(&R);
+    free(R.wait);
+    return r->rc;
+}
+
 int s3_run(s3_client *cl, s3_xfer *x, size_t n, s3_progress_fn progress_fn, void *ctx)
 {
     if (n == 0)
@@ -1865,11 +2472,7 @@ int s3_run(s3_client *cl, s3_xfer *x, size_t n, s3_progress_fn progress_fn, void
     runner R = {.cl = cl, .n = n, .maxp = cl->cfg.max_parallel, .progress = progress_fn,
                 .ctx = ctx};
     R.jobs = calloc(n, sizeof *R.jobs);
-    R.m = curl_multi_init();
-    if (!R.jobs || !R.m) {
-        free(R.jobs);
-        if (R.m)
-            curl_multi_cleanup(R.m);
+    if (!R.jobs) {
         for (size_t i = 0; i < n; i++) {
             x[i].rc = S4KV_ENOMEM;
             snprintf(x[i].err, sizeof x[i].err, "out of memory");
@@ -1884,88 +2487,10 @@ int s3_run(s3_client *cl, s3_xfer *x, size_t n, s3_progress_fn progress_fn, void
         if (x[i].op != S3_XGET_FILE || x[i].len != UINT64_MAX)
             R.total_bytes += x[i].len;
     }
+    for (size_t i = 0; i < n; i++)
+        job_prepare(&R, &R.jobs[i]); /* hashing stays on the caller's thread */
     progress(&R);
-
-    while (R.ndone < n) {
-        uint64_t now = now_ms();
-        /* 1. due retries and queued follow-ups, oldest first */
-        for (size_t i = 0; i < R.nwait && R.active < R.maxp;) {
-            if (R.wait[i]->not_before <= now) {
-                s3_req *r = R.wait[i];
-                memmove(&R.wait[i], &R.wait[i + 1], (R.nwait - i - 1) * sizeof *R.wait);
-                R.nwait--;
-                start_req(&R, r);
-            } else {
-                i++;
-            }
-        }
-        /* 2. parts of open multipart uploads */
-        for (size_t i = 0; i < R.next_job && R.active < R.maxp; i++) {
-            xjob *j = &R.jobs[i];
-            while (!j->done && !j->failed && j->mpu && j->upload_id && j->next_part < j->nparts &&
-                   R.active < R.maxp) {
-                s3_req *r = part_req(&R, j);
-                if (!r) {
-                    if (j->inflight == 0)
-                        abort_mpu(&R, j);
-                    break;
-                }
-                start_req(&R, r);
-            }
-        }
-        /* 3. new transfers */
-        while (R.active < R.maxp && R.next_job < n)
-            job_open(&R, &R.jobs[R.next_job++]);
-        if (R.ndone == n)
-            break;
-
-        int running = 0;
-        if (R.active)
-            curl_multi_perform(R.m, &running);
-        int finished = 0;
-        CURLMsg *msg;
-        int left;
-        while ((msg = curl_multi_info_read(R.m, &left))) {
-            if (msg->msg != CURLMSG_DONE)
-                continue;
-            CURL *h = msg->easy_handle;
-            CURLcode cc = msg->data.result;
-            char *priv = NULL;
-            curl_easy_getinfo(h, CURLINFO_PRIVATE, &priv);
-            s3_req *r = (s3_req *)(void *)priv;
-            curl_multi_remove_handle(R.m, h);
-            R.active--;
-            finished++;
-            long delay = 0;
-            int v = req_finish(r, cc, &delay);
-            pool_put(cl, h);
-            r->h = NULL;
-            if (v == V_RETRY) {
-                r->not_before = now_ms() + (uint64_t)delay;
-                if (push_wait(&R, r)) {
-                    req_fail(r, S4KV_ENOMEM, "out of memory");
-                    req_done(&R, r);
-                }
-            } else {
-                req_done(&R, r);
-            }
-        }
-        if (finished)
-            continue;
-        /* sleep until a socket is ready or the next retry is due */
-        long timeout = 1000;
-        now = now_ms();
-        for (size_t i = 0; i < R.nwait; i++) {
-            long d = R.wait[i]->not_before > now ? (long)(R.wait[i]->not_before - now) : 0;
-            if (d < timeout)
-                timeout = d;
-        }
-        if (R.active)
-            curl_multi_poll(R.m, NULL, 0, (int)timeout, NULL);
-        else
-            sleep_ms(timeout);
-    }
-    curl_multi_cleanup(R.m);
+    runner_exec(&R);
     free(R.wait);
     free(R.jobs);
     int rc = 0;

@@ -5,8 +5,10 @@
 #ifndef S4KV_S3_INTERNAL_H
 #define S4KV_S3_INTERNAL_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <uv.h>
 
 #include "s3.h"
 
@@ -77,6 +79,59 @@ char *s3xml_complete_body(char *const *etags, size_t nparts, size_t *len);
 /* Appends s to a growing buffer with XML escaping (& < > " ' and TAB, LF, CR
  * as character references). Exposed for the tests. Returns 0 or -1 (ENOMEM). */
 int s3xml_escape_append(char **buf, size_t *len, size_t *cap, const char *s);
+
+/* ---- The transfer driver and the attached loop (s3.c)
+ *
+ * Every request - a batch of s3_run and each single-request call (s3_put,
+ * s3_get, s3_get_range, s3_head, s3_delete, s3_delete_many, s3_list) as a
+ * batch of one - runs on a curl multi handle driven by a libuv loop through
+ * curl_multi_socket_action: a uv_poll_t per socket curl names
+ * (CURLMOPT_SOCKETFUNCTION), one uv_timer_t for curl's timeout
+ * (CURLMOPT_TIMERFUNCTION) and one uv_timer_t for retry backoff. Multi handles
+ * are pooled in the client (each keeps its connection cache), so sequential
+ * calls reuse connections.
+ *
+ * Which loop: when the client is attached to an s3_loop and the caller is
+ * not that loop's thread, the batch is posted to the loop (uv_async_send) and
+ * the caller blocks until the loop has finished it (all its handles closed);
+ * otherwise it runs on a private uv_loop_t created, run and closed inside the
+ * call on the caller's thread. A call made on the loop thread itself (also
+ * from within a batch, e.g. the HEAD that checks a lost
+ * CompleteMultipartUpload) therefore runs on a private loop and blocks the
+ * attached loop for its duration. Hashing of upload bodies happens on the
+ * caller's thread before a batch is posted; the loop thread only moves bytes
+ * (and reads the upload's files / writes GET_FILE targets). */
+
+/* A libuv loop that runs S3 batches for other threads. Opaque. */
+typedef struct s3_loop s3_loop;
+
+/* Creates the executor on loop. Call it on the thread that runs loop (before
+ * uv_run or from one of its callbacks): that thread is recorded as the loop's
+ * thread. Holds one uv_async_t on loop (keeping it alive) until
+ * s3_loop_close. Returns 0, or S4KV_ENOMEM / S4KV_EIO with a message. */
+int s3_loop_new(uv_loop_t *loop, s3_loop **out, char *err, size_t errlen);
+
+/* On the loop's thread: takes no more batches (later calls from clients
+ * still attached run on private loops), starts every batch already posted
+ * (they run to their end on the loop, which keeps running while they do, so
+ * none is stranded) and closes the async handle; x is freed by its close
+ * callback. Detach (or free) the clients attached to x before: they must not
+ * be in a call at that moment. NULL is a no-op. */
+void s3_loop_close(s3_loop *x);
+
+/* Routes cl's batches through x (NULL: back to private loops). Any thread,
+ * but not while a call on cl is in flight. x must outlive the attachment. */
+void s3_client_attach_loop(s3_client *cl, s3_loop *x);
+
+/* What the driver did, for tests. */
+typedef struct s3_debug {
+    uint64_t loop_batches;    /* batches run on an attached loop */
+    uint64_t private_batches; /* batches run on a private loop */
+    uint64_t multis_dropped;  /* multi handles destroyed instead of pooled */
+    pthread_t last_thread;    /* the thread that last called curl_multi_socket_action */
+    int have_thread;          /* last_thread is set */
+} s3_debug;
+void s3_client_debug(s3_client *cl, s3_debug *d);
 
 /* ---- Test knobs (s3.c) */
 
