@@ -1,8 +1,11 @@
 /*
  * vfs.c - POSIX file I/O for the engine, and a fault-injecting wrapper for
- * tests (error injection per operation; power-loss simulation that drops what
- * was not fdatasynced). Invariant of the fault vfs: for every file written
- * through it, `synced` is the file size at its last successful fdatasync.
+ * tests (error injection per operation; power-loss simulation that drops,
+ * tears or garbles what was not fdatasynced and undoes the creates, renames
+ * and unlinks no directory fsync made durable). Invariants of the fault vfs:
+ * for every file written through it, `synced` is the file size at its last
+ * successful fdatasync, and `ns` lists, oldest first, every namespace change
+ * since the last fsync of its directory, with the bytes needed to undo it.
  */
 #include "vfs.h"
 
@@ -139,12 +142,26 @@ vfs *vfs_posix(void) { return &posix_vfs; }
 
 /* ---- Fault injection */
 
+/* Content: one entry per path written or opened through the fault vfs, keyed
+ * by its current name (a rename moves the entry). */
 typedef struct ffile {
     char *path;
     uint64_t synced;   /* size at last fdatasync */
-    int created;       /* created since the last directory fsync */
     int written;       /* written through this vfs since tracking began */
 } ffile;
+
+/* Namespace: the creates, renames and unlinks since the last fsync of their
+ * directory, in order; a power loss undoes them newest first. */
+enum { NS_CREATE, NS_RENAME, NS_UNLINK };
+typedef struct nsop {
+    int kind;
+    char *dir;         /* the directory whose fsync makes it durable */
+    char *a, *b;       /* CREATE, UNLINK: a = path; RENAME: a = from, b = to */
+    uint8_t *saved;    /* UNLINK: the file's durable bytes; RENAME: the
+                        * replaced target's (when had_target) */
+    size_t nsaved;
+    int had_target;
+} nsop;
 
 struct vfs_fault {
     vfs v;             /* first member: a vfs* is a vfs_fault* */
@@ -154,8 +171,12 @@ struct vfs_fault {
     int err, sticky, armed;
     char *substr;
     long hits, syncs;
+    int cut_armed, frozen; /* vfs_fault_power_cut */
+    long cut_after;
     ffile *files;
     size_t nfiles, capfiles;
+    nsop *ns;
+    size_t nns, capns;
     char **fdpath;     /* fd -> path (owned copies) */
     size_t nfd;
 };
@@ -181,6 +202,105 @@ static ffile *ff_find(vfs_fault *f, const char *path, int add)
     return x;
 }
 
+static void ff_remove(vfs_fault *f, ffile *x)
+{
+    free(x->path);
+    *x = f->files[--f->nfiles];
+}
+
+/* The directory part of path ("." when none), without trailing slashes. */
+static char *dir_of(const char *path)
+{
+    const char *sl = strrchr(path, '/');
+    if (!sl)
+        return strdup(".");
+    if (sl == path)
+        return strdup("/");
+    size_t n = (size_t)(sl - path);
+    char *d = malloc(n + 1);
+    if (d) {
+        memcpy(d, path, n);
+        d[n] = 0;
+    }
+    return d;
+}
+
+static char *dir_norm(const char *dir)
+{
+    char *d = strdup(dir);
+    if (!d)
+        return NULL;
+    size_t n = strlen(d);
+    while (n > 1 && d[n - 1] == '/')
+        d[--n] = 0;
+    return d;
+}
+
+/* The bytes of path that survive a power loss now: its first `synced` bytes
+ * when tracked, else all of it (it predates the fault vfs: durable). */
+static uint8_t *durable_bytes(vfs_fault *f, const char *path, size_t *n)
+{
+    *n = 0;
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return NULL;
+    ffile *x = ff_find(f, path, 0);
+    uint64_t want = (uint64_t)st.st_size;
+    if (x && x->synced < want)
+        want = x->synced;
+    uint8_t *buf = malloc(want ? (size_t)want : 1);
+    if (!buf)
+        return NULL;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    ssize_t r = fd >= 0 ? px_pread(&f->v, fd, buf, (size_t)want, 0) : -1;
+    if (fd >= 0)
+        close(fd);
+    if (r < 0) {
+        free(buf);
+        return NULL;
+    }
+    *n = (size_t)r;
+    return buf;
+}
+
+static nsop *ns_add(vfs_fault *f, int kind, const char *a, const char *b)
+{
+    if (f->nns == f->capns) {
+        size_t nc = f->capns ? f->capns * 2 : 16;
+        nsop *nn = realloc(f->ns, nc * sizeof *nn);
+        if (!nn)
+            return NULL;
+        f->ns = nn;
+        f->capns = nc;
+    }
+    nsop *o = &f->ns[f->nns++];
+    memset(o, 0, sizeof *o);
+    o->kind = kind;
+    o->dir = dir_of(b ? b : a);
+    o->a = strdup(a);
+    o->b = b ? strdup(b) : NULL;
+    return o;
+}
+
+static void ns_free(nsop *o)
+{
+    free(o->dir);
+    free(o->a);
+    free(o->b);
+    free(o->saved);
+}
+
+/* Creates path with exactly bytes buf[0..n). */
+static void put_file(const char *path, const uint8_t *buf, size_t n)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return;
+    if (n)
+        px_pwrite(NULL, fd, buf, n, 0);
+    close(fd);
+}
+
 static const char *fd_path(vfs_fault *f, int fd)
 {
     return (fd >= 0 && (size_t)fd < f->nfd) ? f->fdpath[fd] : NULL;
@@ -203,11 +323,26 @@ static int should_fail(vfs_fault *f, unsigned op, const char *path)
     return -f->err;
 }
 
+/* vfs_fault_power_cut at a sync point: 1 when this one and all later
+ * changes must fail without touching the disk. Caller holds mu. */
+static int cut_at_sync(vfs_fault *f)
+{
+    if (f->cut_armed && !f->frozen) {
+        if (f->cut_after > 0)
+            f->cut_after--;
+        else
+            f->frozen = 1;
+    }
+    return f->frozen;
+}
+
 static int ft_open(vfs *v, const char *path, int flags, int mode)
 {
     vfs_fault *f = (vfs_fault *)v;
     pthread_mutex_lock(&f->mu);
     int rc = should_fail(f, VFS_OP_OPEN, path);
+    if (rc == 0 && f->frozen && (flags & (O_CREAT | O_TRUNC)))
+        rc = -EIO;
     if (rc == 0) {
         int existed = access(path, F_OK) == 0;
         rc = px_open(v, path, flags, mode);
@@ -227,8 +362,8 @@ static int ft_open(vfs *v, const char *path, int flags, int mode)
             }
             ffile *x = ff_find(f, path, 1);
             if (x && !existed) {
-                x->created = 1;
                 x->synced = 0;
+                ns_add(f, NS_CREATE, path, NULL);
             } else if (x && !x->written) {
                 uint64_t sz = 0;
                 px_fsize(v, rc, &sz);
@@ -269,6 +404,10 @@ static ssize_t ft_pwrite(vfs *v, int fd, const void *buf, size_t n, uint64_t off
     pthread_mutex_lock(&f->mu);
     const char *p = fd_path(f, fd);
     int rc = should_fail(f, VFS_OP_PWRITE, p);
+    if (f->frozen) {
+        pthread_mutex_unlock(&f->mu);
+        return -EIO;
+    }
     ffile *x = p ? ff_find(f, p, 1) : NULL;
     if (x)
         x->written = 1;
@@ -288,8 +427,12 @@ static int ft_fdatasync(vfs *v, int fd)
     const char *p = fd_path(f, fd);
     int rc = should_fail(f, VFS_OP_SYNC, p);
     f->syncs++;
+    if (cut_at_sync(f))
+        rc = -EIO;
     if (rc == 0) {
-        rc = px_fdatasync(v, fd);
+        /* No real fdatasync: durability is what this vfs models, and real
+         * syncs would make sweeps of thousands of power losses disk-bound. */
+        rc = fcntl(fd, F_GETFD) < 0 ? -errno : 0;
         ffile *x = p ? ff_find(f, p, 1) : NULL;
         uint64_t sz;
         if (rc == 0 && x && px_fsize(v, fd, &sz) == 0)
@@ -305,6 +448,8 @@ static int ft_ftruncate(vfs *v, int fd, uint64_t len)
     pthread_mutex_lock(&f->mu);
     const char *p = fd_path(f, fd);
     int rc = should_fail(f, VFS_OP_TRUNCATE, p);
+    if (f->frozen)
+        rc = -EIO;
     if (rc == 0) {
         rc = px_ftruncate(v, fd, len);
         ffile *x = p ? ff_find(f, p, 1) : NULL;
@@ -320,24 +465,41 @@ static int ft_rename(vfs *v, const char *from, const char *to)
     vfs_fault *f = (vfs_fault *)v;
     pthread_mutex_lock(&f->mu);
     int rc = should_fail(f, VFS_OP_RENAME, to);
-    int replaced = access(to, F_OK) == 0;
+    if (f->frozen)
+        rc = -EIO;
     if (rc == 0) {
+        /* What `to` holds durably now comes back if the rename is undone. */
+        int replaced = access(to, F_OK) == 0;
+        size_t nsaved = 0;
+        uint8_t *saved = replaced ? durable_bytes(f, to, &nsaved) : NULL;
         rc = px_rename(v, from, to);
         if (rc == 0) {
-            ffile *src = ff_find(f, from, 0);
-            ffile *dst = ff_find(f, to, 1);
-            if (dst) {
-                dst->synced = src ? src->synced : 0;
-                /* Renames are durable once they return (see vfs.h); a
-                 * new name still vanishes with its unsynced directory. */
-                dst->created = replaced ? 0 : (src ? src->created : 0);
-                dst->written = 1;
+            nsop *o = ns_add(f, NS_RENAME, from, to);
+            if (o) {
+                o->had_target = replaced;
+                o->saved = saved;
+                o->nsaved = nsaved;
+                saved = NULL;
             }
+            ffile *dst = ff_find(f, to, 0);
+            if (dst)
+                ff_remove(f, dst);
+            ffile *src = ff_find(f, from, 0);
             if (src) {
                 free(src->path);
-                *src = f->files[--f->nfiles];
+                src->path = strdup(to);
+            } else if ((dst = ff_find(f, to, 1)) != NULL) {
+                struct stat st; /* untracked: durable as it is */
+                dst->synced = stat(to, &st) == 0 ? (uint64_t)st.st_size : 0;
             }
+            /* open descriptors follow the file */
+            for (size_t i = 0; i < f->nfd; i++)
+                if (f->fdpath[i] && strcmp(f->fdpath[i], from) == 0) {
+                    free(f->fdpath[i]);
+                    f->fdpath[i] = strdup(to);
+                }
         }
+        free(saved);
     }
     pthread_mutex_unlock(&f->mu);
     return rc;
@@ -348,13 +510,24 @@ static int ft_unlink(vfs *v, const char *path)
     vfs_fault *f = (vfs_fault *)v;
     pthread_mutex_lock(&f->mu);
     int rc = should_fail(f, VFS_OP_UNLINK, path);
+    if (f->frozen)
+        rc = -EIO;
     if (rc == 0) {
+        size_t nsaved = 0;
+        uint8_t *saved = durable_bytes(f, path, &nsaved);
         rc = px_unlink(v, path);
-        ffile *x = ff_find(f, path, 0);
-        if (rc == 0 && x) {
-            free(x->path);
-            *x = f->files[--f->nfiles];
+        if (rc == 0) {
+            nsop *o = ns_add(f, NS_UNLINK, path, NULL);
+            if (o) {
+                o->saved = saved;
+                o->nsaved = nsaved;
+                saved = NULL;
+            }
+            ffile *x = ff_find(f, path, 0);
+            if (x)
+                ff_remove(f, x);
         }
+        free(saved);
     }
     pthread_mutex_unlock(&f->mu);
     return rc;
@@ -366,11 +539,26 @@ static int ft_fsync_dir(vfs *v, const char *dir)
     pthread_mutex_lock(&f->mu);
     int rc = should_fail(f, VFS_OP_DIRSYNC, dir);
     f->syncs++;
+    if (cut_at_sync(f))
+        rc = -EIO;
     if (rc == 0) {
-        rc = px_fsync_dir(v, dir);
-        if (rc == 0)
-            for (size_t i = 0; i < f->nfiles; i++)
-                f->files[i].created = 0;
+        int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC); /* no real fsync, as above */
+        rc = dfd < 0 ? -errno : 0;
+        if (dfd >= 0)
+            close(dfd);
+        char *d = dir_norm(dir);
+        if (rc == 0 && d) {
+            /* every create, rename and unlink in it is durable now */
+            size_t k = 0;
+            for (size_t i = 0; i < f->nns; i++) {
+                if (f->ns[i].dir && strcmp(f->ns[i].dir, d) == 0)
+                    ns_free(&f->ns[i]);
+                else
+                    f->ns[k++] = f->ns[i];
+            }
+            f->nns = k;
+        }
+        free(d);
     }
     pthread_mutex_unlock(&f->mu);
     return rc;
@@ -394,9 +582,12 @@ void vfs_fault_free(vfs_fault *f)
         return;
     for (size_t i = 0; i < f->nfiles; i++)
         free(f->files[i].path);
+    for (size_t i = 0; i < f->nns; i++)
+        ns_free(&f->ns[i]);
     for (size_t i = 0; i < f->nfd; i++)
         free(f->fdpath[i]);
     free(f->files);
+    free(f->ns);
     free(f->fdpath);
     free(f->substr);
     pthread_mutex_destroy(&f->mu);
@@ -426,28 +617,105 @@ void vfs_fault_disarm(vfs_fault *f)
     pthread_mutex_unlock(&f->mu);
 }
 
+void vfs_fault_power_cut(vfs_fault *f, long syncs)
+{
+    pthread_mutex_lock(&f->mu);
+    f->cut_armed = 1;
+    f->cut_after = syncs;
+    f->frozen = 0;
+    pthread_mutex_unlock(&f->mu);
+}
+
+int vfs_fault_frozen(const vfs_fault *f) { return f->frozen; }
+
 long vfs_fault_hits(const vfs_fault *f) { return f->hits; }
 long vfs_fault_syncs(const vfs_fault *f) { return f->syncs; }
 
-void vfs_fault_crash(vfs_fault *f, uint64_t torn_keep)
+static uint64_t splitmix(uint64_t *s)
 {
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* Overwrites bytes [from, to) of path with pseudo-random bytes. */
+static int garble(const char *path, uint64_t from, uint64_t to, uint64_t *seed)
+{
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    uint8_t buf[4096];
+    int rc = 0;
+    for (uint64_t off = from; off < to && rc == 0;) {
+        size_t n = to - off < sizeof buf ? (size_t)(to - off) : sizeof buf;
+        for (size_t i = 0; i < n; i++)
+            buf[i] = (uint8_t)splitmix(seed);
+        rc = px_pwrite(NULL, fd, buf, n, off) == (ssize_t)n ? 0 : -1;
+        off += n;
+    }
+    close(fd);
+    return rc;
+}
+
+void vfs_fault_crash_ex(vfs_fault *f, const vfs_crash *how, vfs_crash_stats *stats)
+{
+    vfs_crash_stats st;
+    memset(&st, 0, sizeof st);
+    uint64_t seed = how->seed;
     pthread_mutex_lock(&f->mu);
+    /* 1. Contents: the unsynced tail of every file, under its current name. */
     for (size_t i = 0; i < f->nfiles; i++) {
         ffile *x = &f->files[i];
-        if (x->created) {
-            unlink(x->path);
+        struct stat sb;
+        if (stat(x->path, &sb) != 0 || (uint64_t)sb.st_size <= x->synced)
             continue;
+        uint64_t size = (uint64_t)sb.st_size;
+        uint64_t keep = how->torn_keep >= size - x->synced ? size : x->synced + how->torn_keep;
+        st.files_cut++;
+        if (how->garble) {
+            if (size > keep && garble(x->path, keep, size, &seed) == 0)
+                st.bytes_garbled += size - keep;
+        } else if (size > keep && truncate(x->path, (off_t)keep) == 0) {
+            st.bytes_dropped += size - keep;
         }
-        struct stat st;
-        if (stat(x->path, &st) != 0)
-            continue;
-        uint64_t keep = x->synced + torn_keep;
-        if ((uint64_t)st.st_size > keep && truncate(x->path, (off_t)keep) != 0)
-            continue;
     }
+    /* 2. Names: undo the creates, renames and unlinks not made durable by a
+     * directory fsync, newest first. */
+    for (size_t i = f->nns; i-- > 0;) {
+        nsop *o = &f->ns[i];
+        switch (o->kind) {
+        case NS_CREATE:
+            if (unlink(o->a) == 0)
+                st.creates_undone++;
+            break;
+        case NS_RENAME:
+            rename(o->b, o->a);
+            if (o->had_target)
+                put_file(o->b, o->saved, o->nsaved);
+            st.renames_undone++;
+            break;
+        case NS_UNLINK:
+            put_file(o->a, o->saved, o->nsaved);
+            st.unlinks_undone++;
+            break;
+        }
+        ns_free(o);
+    }
+    f->nns = 0;
     for (size_t i = 0; i < f->nfiles; i++)
         free(f->files[i].path);
     f->nfiles = 0;
     f->armed = 0;
+    f->cut_armed = 0;
+    f->frozen = 0;
     pthread_mutex_unlock(&f->mu);
+    if (stats)
+        *stats = st;
+}
+
+void vfs_fault_crash(vfs_fault *f, uint64_t torn_keep)
+{
+    vfs_crash how = {0, torn_keep, 0};
+    vfs_fault_crash_ex(f, &how, NULL);
 }

@@ -3,7 +3,8 @@
  *
  * Every open, pread, pwrite, fdatasync, ftruncate, rename, unlink and
  * directory fsync of kv/ goes through a `vfs` so tests can inject I/O errors
- * and simulate a power loss that drops unsynced writes (the pattern of
+ * and simulate a power loss that drops, tears or garbles unsynced writes and
+ * undoes unsynced directory changes (the pattern of
  * SQLite's test VFS and LevelDB's fault-injection Env). Functions return a
  * non-negative result or -errno; they never set errno for the caller.
  */
@@ -75,12 +76,46 @@ long vfs_fault_hits(const vfs_fault *f);
 /* Number of fdatasync + dir fsync calls seen (sync points). */
 long vfs_fault_syncs(const vfs_fault *f);
 
-/* Simulates a power loss: every file written through this vfs is cut back to
- * the size it had at its last fdatasync (plus `torn_keep` bytes of the
- * unsynced tail, to model a torn write; 0 = drop it all), and files created
- * since the last directory fsync are removed. Renames are modelled as durable
- * when they return (a simplification noted in kv/FORMAT.md's test notes).
+/* Arms a power cut: after `syncs` more sync points (fdatasync or directory
+ * fsync) succeed, the next one fails with EIO and so does every later
+ * pwrite, ftruncate, rename, unlink, sync and creating or truncating open,
+ * without touching the disk: the files stay as the power left them (the
+ * engine's clean-up after the error never happens, as in a real power loss).
+ * Reads still work. vfs_fault_crash_ex then applies the power loss and
+ * lifts the cut. */
+void vfs_fault_power_cut(vfs_fault *f, long syncs);
+/* 1 once an armed power cut has happened. */
+int vfs_fault_frozen(const vfs_fault *f);
+
+/* Simulates a power loss (the model of LevelDB's FaultInjectionTestEnv, made
+ * stricter):
+ * - contents: every file written through this vfs keeps the bytes it had at
+ *   its last fdatasync; of the unsynced tail, the first `torn_keep` bytes are
+ *   kept (a torn write) and the rest is dropped (garble = 0) or replaced by
+ *   pseudo-random bytes drawn from `seed` (garble = 1: the blocks reached the
+ *   disk in a half-written state);
+ * - names: every create, rename and unlink not followed by a successful
+ *   fsync of its directory is undone, newest first: a created file vanishes,
+ *   a renamed file gets its old name back and the target its old durable
+ *   content (or vanishes when there was none), an unlinked file reappears
+ *   with its durable content. Files that predate the fault vfs count as
+ *   durable as they are.
+ * Not modelled: an ftruncate is durable when it returns; fdatasync makes the
+ * data durable but not a new file's name (POSIX's worst case, which ext4 in
+ * data=ordered mode is kinder than).
  * Call it after abandoning the db handle (s4kv__abandon), before reopening. */
+typedef struct vfs_crash {
+    int garble;
+    uint64_t torn_keep;
+    uint64_t seed;
+} vfs_crash;
+typedef struct vfs_crash_stats {
+    long files_cut;          /* files that had an unsynced tail */
+    uint64_t bytes_dropped, bytes_garbled;
+    long creates_undone, renames_undone, unlinks_undone;
+} vfs_crash_stats;
+void vfs_fault_crash_ex(vfs_fault *f, const vfs_crash *how, vfs_crash_stats *stats);
+/* vfs_fault_crash_ex with garble = 0. */
 void vfs_fault_crash(vfs_fault *f, uint64_t torn_keep);
 
 #endif

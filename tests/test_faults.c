@@ -5,6 +5,7 @@
  */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -398,12 +399,32 @@ static int matches(s4kv_db *db, const state *st)
     return 1;
 }
 
-Test(faults, power_loss_at_every_sync_point, .timeout = 600)
+/* One power-loss mode of the sweep. */
+typedef struct crash_mode {
+    const char *name;
+    int garble;
+    uint64_t torn;
+} crash_mode;
+
+static const crash_mode crash_modes[] = {
+    {"drop", 0, 0},          /* unsynced bytes gone */
+    {"torn", 0, 13},         /* a 13-byte prefix of them kept */
+    {"garble", 1, 0},        /* all of them replaced by random bytes */
+    {"torn+garble", 1, 13},  /* a prefix kept, the rest random */
+    {"kept", 0, UINT64_MAX}, /* all of them reached the disk (names still undone) */
+};
+
+/* Power loss right after every sync point of the workload, in every mode of
+ * crash_modes; in each, creates, renames and unlinks not followed by a
+ * directory fsync are undone too (vfs_fault_crash_ex). S4KV_POWER_STEPS
+ * lengthens the workload (default 60 batches). */
+Test(faults, power_loss_at_every_sync_point, .timeout = 1800)
 {
     s4kv_options o = fopts();
     o.sync_mode = S4KV_SYNC_BATCH;
     o.max_segment_bytes = 4096;
-    const int steps = 60;
+    const char *e = getenv("S4KV_POWER_STEPS");
+    const int steps = e && atoi(e) > 0 ? atoi(e) : 60;
     /* Count the sync points of a clean run. */
     char *dir = tu_tmpdir("power");
     vfs_fault *f = vfs_fault_new();
@@ -416,32 +437,132 @@ Test(faults, power_loss_at_every_sync_point, .timeout = 600)
     vfs_fault_free(f);
     tu_rmtree_free(dir);
     cr_assert_gt(total, steps);
-    long explored = 0;
-    for (long k = 0; k < total; k++) {
-        for (uint64_t torn = 0; torn <= 13; torn += 13) {
+    const int nmodes = (int)(sizeof crash_modes / sizeof crash_modes[0]);
+    for (int m = 0; m < nmodes; m++) {
+        long explored = 0, in_flight = 0;
+        vfs_crash_stats sum = {0};
+        for (long k = 0; k < total; k++) {
             dir = tu_tmpdir("power");
             f = vfs_fault_new();
             db = fopen_db(dir, &o, vfs_fault_vfs(f));
             memset(&acked, 0, sizeof acked);
-            /* Sync point k is the last to succeed; the power fails right after. */
-            vfs_fault_arm(f, VFS_OP_SYNC | VFS_OP_DIRSYNC, k, EIO, 1, NULL);
+            /* Sync point k is the last to succeed; the power fails right after
+             * (the disk is frozen from the next sync point on). */
+            vfs_fault_power_cut(f, k);
             run_workload(db, &acked, &pending, steps);
+            cr_assert(vfs_fault_frozen(f), "sync point %ld reached", k);
             s4kv__abandon(db);
-            vfs_fault_crash(f, torn);
+            vfs_crash how = {crash_modes[m].garble, crash_modes[m].torn,
+                             (uint64_t)k * 7919 + (uint64_t)m};
+            vfs_crash_stats cs;
+            vfs_fault_crash_ex(f, &how, &cs);
+            sum.files_cut += cs.files_cut;
+            sum.bytes_dropped += cs.bytes_dropped;
+            sum.bytes_garbled += cs.bytes_garbled;
+            sum.creates_undone += cs.creates_undone;
+            sum.renames_undone += cs.renames_undone;
+            sum.unlinks_undone += cs.unlinks_undone;
             flog[0] = 0;
             db = fopen_db(dir, &o, NULL);
-            cr_assert(matches(db, &acked) || matches(db, &pending),
-                      "crash after sync point %ld (torn %llu): state is neither the last "
-                      "acknowledged batch nor the one in flight", k, (unsigned long long)torn);
+            int a = matches(db, &acked);
+            cr_assert(a || matches(db, &pending),
+                      "crash after sync point %ld (mode %s): state is neither the last "
+                      "acknowledged batch nor the one in flight", k, crash_modes[m].name);
+            in_flight += !a;
             char err[512];
             s4kv_verify_report rep;
-            cr_assert_eq(s4kv_verify(db, &rep, err, sizeof err), 0, "sync point %ld: %s", k, err);
+            cr_assert_eq(s4kv_verify(db, &rep, err, sizeof err), 0, "sync point %ld (mode %s): %s",
+                         k, crash_modes[m].name, err);
             s4kv_close(db);
             vfs_fault_free(f);
             tu_rmtree_free(dir);
             explored++;
         }
+        /* The mode did what it says: unsynced tails were hit, and names were undone. */
+        cr_assert_gt(sum.files_cut, 0, "mode %s", crash_modes[m].name);
+        if (crash_modes[m].garble)
+            cr_assert_gt(sum.bytes_garbled, 0, "mode %s", crash_modes[m].name);
+        else if (crash_modes[m].torn != UINT64_MAX)
+            cr_assert_gt(sum.bytes_dropped, 0, "mode %s", crash_modes[m].name);
+        else
+            cr_assert_gt(in_flight, 0, "mode kept: some batch in flight must be found durable");
+        cr_assert_gt(sum.creates_undone, 0, "mode %s", crash_modes[m].name);
+        cr_assert_gt(sum.renames_undone, 0, "mode %s", crash_modes[m].name);
+        cr_assert_gt(sum.unlinks_undone, 0, "mode %s", crash_modes[m].name);
+        cr_log_info("power loss, mode %s: %ld crash points (%d batches), %ld with the batch in "
+                    "flight durable; %ld files cut, %llu bytes dropped, %llu garbled; undone: "
+                    "%ld creates, %ld renames, %ld unlinks; 0 violations",
+                    crash_modes[m].name, explored, steps, in_flight, sum.files_cut,
+                    (unsigned long long)sum.bytes_dropped, (unsigned long long)sum.bytes_garbled,
+                    sum.creates_undone, sum.renames_undone, sum.unlinks_undone);
     }
-    cr_log_info("power loss: %ld crash points explored (%ld sync points x 2 tear modes), 0 "
-                "violations", explored, total);
+}
+
+/* The crash model itself, on plain files: what a power loss keeps. */
+Test(faults, crash_model_undoes_unsynced_names_and_garbles_tails)
+{
+    char *dir = tu_tmpdir("model");
+    vfs_fault *f = vfs_fault_new();
+    vfs *v = vfs_fault_vfs(f);
+    char a[4200], b[4200], c[4200], d[4200];
+    snprintf(a, sizeof a, "%s/a", dir);
+    snprintf(b, sizeof b, "%s/b", dir);
+    snprintf(c, sizeof c, "%s/c", dir);
+    snprintf(d, sizeof d, "%s/d", dir);
+    /* b and c: durable files with old content */
+    cr_assert_eq(tu_write_file(b, "old-b", 5), 0);
+    cr_assert_eq(tu_write_file(c, "old-c", 5), 0);
+    int fd = v->open(v, a, O_RDWR | O_CREAT | O_TRUNC, 0644);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(v->pwrite(v, fd, "new-a!", 6, 0), 6);
+    cr_assert_eq(v->fdatasync(v, fd), 0);
+    cr_assert_eq(v->pwrite(v, fd, "unsynced tail", 13, 6), 13);
+    v->close(v, fd);
+    cr_assert_eq(v->rename(v, a, b), 0); /* not dir-synced: reverts */
+    cr_assert_eq(v->unlink(v, c), 0);    /* not dir-synced: c reappears */
+    fd = v->open(v, d, O_RDWR | O_CREAT | O_TRUNC, 0644);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(v->pwrite(v, fd, "0123456789", 10, 0), 10);
+    cr_assert_eq(v->fdatasync(v, fd), 0);
+    v->close(v, fd);
+    vfs_crash how = {1, 2, 42};
+    vfs_crash_stats cs;
+    vfs_fault_crash_ex(f, &how, &cs);
+    cr_assert_eq(cs.renames_undone, 1);
+    cr_assert_eq(cs.unlinks_undone, 1);
+    cr_assert_eq(cs.creates_undone, 2, "a and d were created and never dir-synced");
+    cr_assert_eq(cs.bytes_garbled, 11, "13 unsynced bytes, 2 kept, 11 garbled");
+    size_t n;
+    char *x = (char *)tu_read_file(b, &n);
+    cr_assert(x && n == 5 && memcmp(x, "old-b", 5) == 0, "rename target has its old content");
+    free(x);
+    x = (char *)tu_read_file(c, &n);
+    cr_assert(x && n == 5 && memcmp(x, "old-c", 5) == 0, "unlinked file is back");
+    free(x);
+    cr_assert_neq(access(a, F_OK), 0, "a was created and never dir-synced: gone");
+    cr_assert_neq(access(d, F_OK), 0, "d: its data was synced but not its name: gone");
+    vfs_fault_free(f);
+
+    /* Now the same with directory fsyncs: everything sticks, the torn tail is garbled. */
+    f = vfs_fault_new();
+    v = vfs_fault_vfs(f);
+    fd = v->open(v, a, O_RDWR | O_CREAT | O_TRUNC, 0644);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(v->pwrite(v, fd, "new-a!", 6, 0), 6);
+    cr_assert_eq(v->fdatasync(v, fd), 0);
+    cr_assert_eq(v->pwrite(v, fd, "unsynced tail", 13, 6), 13);
+    v->close(v, fd);
+    cr_assert_eq(v->rename(v, a, b), 0);
+    cr_assert_eq(v->unlink(v, c), 0);
+    cr_assert_eq(v->fsync_dir(v, dir), 0);
+    vfs_fault_crash_ex(f, &how, &cs);
+    cr_assert_eq(cs.renames_undone + cs.unlinks_undone + cs.creates_undone, 0);
+    x = (char *)tu_read_file(b, &n);
+    cr_assert(x && n == 19 && memcmp(x, "new-a!un", 8) == 0, "synced part and torn prefix kept");
+    cr_assert_neq(memcmp(x + 8, "synced tail", 11), 0, "the rest garbled");
+    free(x);
+    cr_assert_neq(access(a, F_OK), 0);
+    cr_assert_neq(access(c, F_OK), 0);
+    vfs_fault_free(f);
+    tu_rmtree_free(dir);
 }
