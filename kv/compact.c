@@ -20,21 +20,6 @@
 #define OUT_BATCH_BYTES (1u << 20)
 #define READ_WIN (8u << 20)
 
-typedef struct centry {
-    const void *key;     /* into the keydir arena: stable, nothing mutates it meanwhile */
-    uint32_t klen;
-    uint32_t rank;       /* position of the segment in manifest order */
-    keydir_loc old, neu;
-} centry;
-
-static int centry_cmp(const void *a, const void *b)
-{
-    const centry *x = a, *y = b;
-    if (x->rank != y->rank)
-        return x->rank < y->rank ? -1 : 1;
-    return x->old.off < y->old.off ? -1 : x->old.off > y->old.off;
-}
-
 typedef struct outw {
     s4kv_db *db;
     segment **segs;      /* output segments, in order */
@@ -60,7 +45,14 @@ static int out_new_segment(outw *o, char *err, size_t errlen)
     segment *s = calloc(1, sizeof *s);
     if (!s)
         return seterr(err, errlen, S4KV_ENOMEM, "out of memory");
+    /* Segment numbers are the log owner's to hand out (rotations take them
+     * too, and the manifest records the next one). */
+    if (db_exclusive_begin(db)) {
+        free(s);
+        return seterr(err, errlen, S4KV_ENOMEM, "out of memory");
+    }
     s->no = db->next_segment++;
+    db_exclusive_end(db);
     s->sealed = 1;
     s->size = SEG_HDR;
     char path[4096];
@@ -140,101 +132,206 @@ static void out_discard(outw *o, int unlink_files)
     o->n = 0;
 }
 
-/* Copies the live records into o, filling each entry's new location. */
-static int copy_live(s4kv_db *db, centry *e, size_t n, uint64_t total, outw *o, char *err,
-                     size_t errlen)
+/*
+ * Online compaction. Writers and readers go on while it runs; they wait only
+ * for the short steps marked [stall] (measured: s4kv_compact_stats).
+ *
+ *  1. [stall] Seal the active segment; the inputs are every segment before
+ *     the new active one (a prefix of manifest order, so dropping their
+ *     tombstones is safe: every record they could shadow is an input too).
+ *  2. Scan the inputs in manifest order. A put record is live when the keydir
+ *     points at exactly it (checked under the read lock); live records are
+ *     copied byte for byte into output segments (numbers taken from the log
+ *     owner), which are fdatasynced and whose names are made durable.
+ *  3. Publish the outputs for reads (segment table by number), set `moving`
+ *     (no checkpoint or verify from here on), then move the keydir in chunks
+ *     of CAS_CHUNK entries, each [stall] under the write lock: an entry moves
+ *     only if it still points at the input record (keydir_cas), so a key
+ *     written or deleted meanwhile keeps its newer location.
+ *  4. [stall] As the log owner: manifest order becomes [outputs..., the
+ *     segments written since step 1], the old checkpoint (it points into the
+ *     inputs) is dropped from the manifest, and the manifest is committed.
+ *     Then the inputs are unlinked. A later checkpoint (close, upload,
+ *     checkpoint_bytes) records the new layout; until then reopen replays.
+ *
+ * Crash safety is the offline design's: before the manifest rename the old
+ * MANIFEST names only untouched old files (outputs are orphans, removed at
+ * open); after it, the new one names only fdatasynced files. If the commit
+ * fails, the keydir is moved back and the outputs are removed.
+ */
+#define CAS_CHUNK 4096
+
+typedef struct moved {
+    uint64_t koff;       /* into cctx.keys */
+    uint32_t klen;
+    keydir_loc old, neu;
+} moved;
+
+typedef struct cctx {
+    s4kv_db *db;
+    outw *o;
+    moved *mv;
+    size_t n, cap;
+    uint8_t *keys;
+    size_t klen, kcap;
+    uint64_t done, total;
+    int rc;
+    char *err;
+    size_t errlen;
+} cctx;
+
+static int copy_cb(void *ctx, const segment *s, uint64_t off, const rec_view *r)
 {
-    uint8_t *win = malloc(READ_WIN);
-    size_t wcap = READ_WIN;
-    uint64_t wstart = 0, wlen = 0, done = 0;
-    uint32_t wseg = 0;
-    int rc = win ? 0 : seterr(err, errlen, S4KV_ENOMEM, "out of memory");
-    for (size_t i = 0; i < n && rc == 0; i++) {
-        const segment *s = db_seg(db, e[i].old.seg);
-        uint64_t off = e[i].old.off, len = e[i].old.len;
-        if (wseg != s->no || off < wstart || off + len > wstart + wlen) {
-            uint64_t want = s->size - off < READ_WIN ? s->size - off : READ_WIN;
-            if (want < len)
-                want = len;
-            if (want > wcap) {
-                uint8_t *nw = realloc(win, want);
-                if (!nw) {
-                    rc = seterr(err, errlen, S4KV_ENOMEM, "out of memory");
-                    break;
-                }
-                win = nw;
-                wcap = want;
-            }
-            if ((rc = seg_read(db, s, off, win, want, err, errlen)))
-                break;
-            done += want;
-            db_progress(db, "compact", done < total ? done : total, total);
-            wseg = s->no;
-            wstart = off;
-            wlen = want;
-        }
-        const uint8_t *rec = win + (off - wstart);
-        rec_view r;
-        const char *why = NULL;
-        if (rec_parse(rec, len, &r, &why) != 0 || r.len != len || r.klen != e[i].klen ||
-            memcmp(r.key, e[i].key, r.klen) != 0 || r.type != REC_PUT) {
-            rc = seterr(err, errlen, S4KV_ECORRUPT,
-                        "compaction abandoned: live record at data_%06u.s4kv offset %" PRIu64
-                        " fails its check (%s); nothing was changed; run verify",
-                        s->no, off, why ? why : "key or length differs from the index");
-            break;
-        }
-        rc = out_add(o, rec, (uint32_t)len, &e[i].neu, err, errlen);
+    cctx *c = ctx;
+    s4kv_db *db = c->db;
+    if (r->type != REC_PUT)
+        return 0;
+    keydir_loc cur;
+    pthread_rwlock_rdlock(&db->rw);
+    int live = keydir_get(db->kd, r->key, r->klen, &cur) && cur.seg == s->no && cur.off == off;
+    pthread_rwlock_unlock(&db->rw);
+    if (!live)
+        return 0;
+    if (cur.len != r->len) {
+        c->rc = seterr(c->err, c->errlen, S4KV_ECORRUPT,
+                       "compaction abandoned: data_%06u.s4kv offset %" PRIu64 ": record of %u "
+                       "bytes, the index says %u; nothing was changed; run verify",
+                       s->no, off, r->len, cur.len);
+        return -1;
     }
-    free(win);
+    if (c->n == c->cap) {
+        size_t nc = c->cap ? c->cap * 2 : 4096;
+        moved *nm = realloc(c->mv, nc * sizeof *nm);
+        if (!nm)
+            goto oom;
+        c->mv = nm;
+        c->cap = nc;
+    }
+    if (c->klen + r->klen > c->kcap) {
+        size_t nc = c->kcap ? c->kcap * 2 : 1u << 16;
+        while (nc < c->klen + r->klen)
+            nc *= 2;
+        uint8_t *nk = realloc(c->keys, nc);
+        if (!nk)
+            goto oom;
+        c->keys = nk;
+        c->kcap = nc;
+    }
+    moved *m = &c->mv[c->n];
+    m->koff = c->klen;
+    m->klen = r->klen;
+    m->old = cur;
+    memcpy(c->keys + c->klen, r->key, r->klen);
+    /* the record's bytes start REC_HDR before its key (kv/FORMAT.md) */
+    int rc = out_add(c->o, r->key - REC_HDR, r->len, &m->neu, c->err, c->errlen);
+    if (rc) {
+        c->rc = rc;
+        return -1;
+    }
+    c->klen += r->klen;
+    c->n++;
+    return 0;
+oom:
+    c->rc = seterr(c->err, c->errlen, S4KV_ENOMEM, "out of memory during compaction");
+    return -1;
+}
+
+/* Step 2: copies the live records of in[0..nin) into c->o. */
+static int copy_live(cctx *c, segment **in, size_t nin)
+{
+    s4kv_db *db = c->db;
+    int rc = 0;
+    for (size_t i = 0; i < nin && rc == 0; i++) {
+        scan_result res;
+        rc = seg_scan(db, in[i], SEG_HDR, 1, copy_cb, c, NULL, &res, c->err, c->errlen);
+        if (rc && c->rc)
+            rc = c->rc;
+        else if (rc == 0 && (res.bad || res.torn))
+            rc = seterr(c->err, c->errlen, S4KV_ECORRUPT,
+                        "compaction abandoned: data_%06u.s4kv has %" PRIu64 " damaged "
+                        "region(s); nothing was changed; run verify", in[i]->no,
+                        res.bad + (uint64_t)res.torn);
+        c->done += in[i]->size;
+        db_progress(db, "compact", c->done, c->total);
+    }
+    outw *o = c->o;
     if (rc == 0)
-        rc = out_flush(o, err, errlen);
+        rc = out_flush(o, c->err, c->errlen);
     for (size_t i = 0; rc == 0 && i < o->n; i++) {
         int s = db->v->fdatasync(db->v, o->segs[i]->fd);
         if (s)
-            rc = seterr(err, errlen, errno_code(s), "fdatasync data_%06u.s4kv: %s",
+            rc = seterr(c->err, c->errlen, errno_code(s), "fdatasync data_%06u.s4kv: %s",
                         o->segs[i]->no, strerror(-s));
     }
     if (rc == 0 && o->n) {
         int s = db->v->fsync_dir(db->v, db->dir); /* names durable before the manifest */
         if (s)
-            rc = seterr(err, errlen, errno_code(s), "fsync %s: %s", db->dir, strerror(-s));
+            rc = seterr(c->err, c->errlen, errno_code(s), "fsync %s: %s", db->dir,
+                        strerror(-s));
     }
     return rc;
 }
 
-/* Builds the list of live entries sorted by position in the log. */
-static int plan(s4kv_db *db, centry **out, size_t *n, char *err, size_t errlen)
+/* Grows db->byno to hold segment number no. Caller holds rw for writing. */
+static int byno_fit(s4kv_db *db, uint32_t no)
 {
-    size_t cnt = keydir_count(db->kd);
-    centry *e = malloc((cnt ? cnt : 1) * sizeof *e);
-    uint32_t *rank = calloc(db->nbyno ? db->nbyno : 1, sizeof *rank);
-    if (!e || !rank) {
-        free(e);
-        free(rank);
-        return seterr(err, errlen, S4KV_ENOMEM, "out of memory planning compaction");
-    }
-    for (size_t i = 0; i < db->nsegs; i++)
-        rank[db->segs[i]->no] = (uint32_t)i;
-    size_t pos = 0, k = 0;
-    const void *key;
-    size_t kl;
-    keydir_loc loc;
-    while (keydir_next(db->kd, &pos, &key, &kl, &loc) && k < cnt)
-        e[k++] = (centry){key, (uint32_t)kl, rank[loc.seg], loc, {0, 0, 0}};
-    free(rank);
-    qsort(e, k, sizeof *e, centry_cmp);
-    *out = e;
-    *n = k;
+    if (no < db->nbyno)
+        return 0;
+    size_t nn = (size_t)no * 2 + 16;
+    segment **nb = realloc(db->byno, nn * sizeof *nb);
+    if (!nb)
+        return -1;
+    memset(nb + db->nbyno, 0, (nn - db->nbyno) * sizeof *nb);
+    db->byno = nb;
+    db->nbyno = nn;
     return 0;
 }
 
-int s4kv_compact(s4kv_db *db, char *err, size_t errlen)
+static void set_moving(s4kv_db *db, int v)
 {
-    if (!db)
-        return seterr(err, errlen, S4KV_EINVAL, "NULL handle");
-    if (db->read_only)
-        return seterr(err, errlen, S4KV_EREADONLY, "%s is open read-only", db->dir);
+    pthread_mutex_lock(&db->qmu);
+    __atomic_store_n(&db->moving, v, __ATOMIC_RELEASE);
+    if (!v)
+        pthread_cond_broadcast(&db->move_cv);
+    pthread_mutex_unlock(&db->qmu);
+}
+
+/* Moves entries [from, to) of c->mv (neu <- old when back is 0, else the
+ * reverse), CAS_CHUNK per write-lock hold; returns the longest hold (us). */
+static uint64_t move_keys(cctx *c, int back, uint64_t *moved_n)
+{
+    s4kv_db *db = c->db;
+    uint64_t longest = 0;
+    for (size_t i = 0; i < c->n;) {
+        size_t end = c->n - i > CAS_CHUNK ? i + CAS_CHUNK : c->n;
+        uint64_t t0 = db_now_us();
+        pthread_rwlock_wrlock(&db->rw);
+        for (; i < end; i++) {
+            moved *m = &c->mv[i];
+            keydir_loc from = back ? m->neu : m->old, to = back ? m->old : m->neu;
+            if (keydir_cas(db->kd, c->keys + m->koff, m->klen, from, to)) {
+                segment *ns = db_seg(db, to.seg), *os = db_seg(db, from.seg);
+                if (ns)
+                    ns->live += to.len;
+                if (os)
+                    os->live -= from.len;
+                if (moved_n)
+                    (*moved_n)++;
+            }
+        }
+        pthread_rwlock_unlock(&db->rw);
+        uint64_t d = db_now_us() - t0;
+        if (d > longest)
+            longest = d;
+    }
+    return longest;
+}
+
+static int compact_online(s4kv_db *db, char *err, size_t errlen)
+{
+    uint64_t t_start = db_now_us(), pause = 0;
+    /* 1. seal; the inputs are everything before the new active segment */
+    uint64_t t0 = db_now_us();
     int rc = db_exclusive_begin(db);
     if (rc)
         return seterr(err, errlen, rc, "out of memory");
@@ -247,123 +344,199 @@ int s4kv_compact(s4kv_db *db, char *err, size_t errlen)
         db_exclusive_end(db);
         return rc;
     }
-    a = db->segs[db->nsegs - 1];
     size_t nin = db->nsegs - 1;
-    uint64_t total = 0;
-    for (size_t i = 0; i < nin; i++)
-        total += db->segs[i]->live;
-
-    centry *e = NULL;
-    size_t n = 0;
-    outw o = {.db = db, .len = BATCH_HDR};
-    uint32_t saved_next = db->next_segment;
-    rc = plan(db, &e, &n, err, errlen);
-    if (rc == 0)
-        rc = copy_live(db, e, n, total, &o, err, errlen);
-    segment **newsegs = NULL, **oldsegs = NULL;
-    size_t oldn = db->nsegs;
-    if (rc == 0) {
-        newsegs = malloc((o.n + 1) * sizeof *newsegs);
-        if (!newsegs)
-            rc = seterr(err, errlen, S4KV_ENOMEM, "out of memory");
-    }
-    if (rc) {
-        out_discard(&o, 1);
-        db->next_segment = saved_next;
-        free(o.buf);
-        free(e);
+    if (nin == 0) { /* nothing sealed: nothing to do */
         db_exclusive_end(db);
-        return rc;
+        return 0;
     }
-    for (size_t i = 0; i < o.n; i++)
-        seg_map(db, o.segs[i], o.segs[i]->size);
-    /* Switch the in-memory state to [outputs..., active]. */
-    if (o.n)
-        memcpy(newsegs, o.segs, o.n * sizeof *newsegs);
-    newsegs[o.n] = a;
-    pthread_rwlock_wrlock(&db->rw);
-    oldsegs = db->segs;
-    db->segs = newsegs;
-    db->nsegs = o.n + 1;
-    db->capsegs = o.n + 1;
-    for (size_t i = 0; i < oldn - 1; i++)
-        db->byno[oldsegs[i]->no] = NULL;
-    int grown = 0;
-    for (size_t i = 0; i < o.n; i++) {
-        if (o.segs[i]->no >= db->nbyno) {
-            size_t nn = (size_t)o.segs[i]->no * 2 + 16;
-            segment **nb = realloc(db->byno, nn * sizeof *nb);
-            if (!nb) {
-                grown = -1;
-                break;
-            }
-            memset(nb + db->nbyno, 0, (nn - db->nbyno) * sizeof *nb);
-            db->byno = nb;
-            db->nbyno = nn;
-        }
-        db->byno[o.segs[i]->no] = o.segs[i];
+    segment **in = malloc((nin ? nin : 1) * sizeof *in);
+    if (!in) {
+        db_exclusive_end(db);
+        return seterr(err, errlen, S4KV_ENOMEM, "out of memory");
     }
-    for (size_t i = 0; i < n && grown == 0; i++)
-        keydir_cas(db->kd, e[i].key, e[i].klen, e[i].old, e[i].neu);
-    db_recount_live(db);
-    pthread_rwlock_unlock(&db->rw);
-
-    rc = grown ? seterr(err, errlen, S4KV_ENOMEM, "out of memory") : 0;
-    if (rc == 0)
-        rc = db_checkpoint_locked(db, err, errlen);
-    if (rc && !db->failed) {
-        /* Not committed: go back to the old segments and drop the outputs. */
-        pthread_rwlock_wrlock(&db->rw);
-        for (size_t i = 0; i < n && grown == 0; i++)
-            keydir_cas(db->kd, e[i].key, e[i].klen, e[i].neu, e[i].old);
-        for (size_t i = 0; i < o.n; i++)
-            if (o.segs[i]->no < db->nbyno)
-                db->byno[o.segs[i]->no] = NULL;
-        for (size_t i = 0; i < oldn; i++)
-            db->byno[oldsegs[i]->no] = oldsegs[i];
-        free(db->segs);
-        db->segs = oldsegs;
-        db->nsegs = db->capsegs = oldn;
-        db_recount_live(db);
-        pthread_rwlock_unlock(&db->rw);
-        out_discard(&o, 1);
-        db->next_segment = saved_next;
-    } else {
-        /* Committed (or uncertain: then keep every file for reopen to sort
-         * out, and only drop them from memory). */
-        uint64_t freed = 0;
-        for (size_t i = 0; i < oldn - 1; i++) {
-            segment *s = oldsegs[i];
-            char path[4096];
-            seg_path(db, s->no, path, sizeof path);
-            seg_close(db, s);
-            freed += s->size;
-            if (rc == 0)
-                db->v->unlink(db->v, path);
-            free(s);
-        }
-        free(oldsegs);
-        free(o.segs);
-        if (rc == 0) {
-            db->v->fsync_dir(db->v, db->dir);
-            uint64_t kept = 0;
-            for (size_t i = 0; i < db->nsegs; i++)
-                kept += db->segs[i]->size;
-            db_log(db, "compaction: %zu live keys, %" PRIu64 " bytes of old segments replaced by "
-                       "%" PRIu64 " bytes in %zu segments", n, freed, kept, db->nsegs);
-        }
-    }
-    free(o.buf);
-    free(e);
+    memcpy(in, db->segs, nin * sizeof *in);
+    uint64_t total = 0, in_bytes = 0;
+    for (size_t i = 0; i < nin; i++)
+        total += in[i]->size;
+    in_bytes = total;
     db_exclusive_end(db);
+    pause = db_now_us() - t0;
+
+    /* 2. copy the live records */
+    outw o = {.db = db, .len = BATCH_HDR};
+    cctx c = {.db = db, .o = &o, .total = total, .err = err, .errlen = errlen};
+    rc = copy_live(&c, in, nin);
+
+    /* 3. publish the outputs for reads, then move the keydir to them */
+    int published = 0;
+    if (rc == 0) {
+        for (size_t i = 0; i < o.n; i++)
+            seg_map(db, o.segs[i], o.segs[i]->size);
+        t0 = db_now_us();
+        pthread_rwlock_wrlock(&db->rw);
+        for (size_t i = 0; i < o.n && rc == 0; i++) {
+            if (byno_fit(db, o.segs[i]->no))
+                rc = seterr(err, errlen, S4KV_ENOMEM, "out of memory");
+            else
+                db->byno[o.segs[i]->no] = o.segs[i];
+        }
+        pthread_rwlock_unlock(&db->rw);
+        published = 1;
+        set_moving(db, 1);
+        uint64_t d = db_now_us() - t0;
+        if (d > pause)
+            pause = d;
+    }
+    uint64_t nmoved = 0;
+    if (rc == 0) {
+        uint64_t d = move_keys(&c, 0, &nmoved);
+        if (d > pause)
+            pause = d;
+    }
+
+    /* 4. commit the new layout as the log owner */
+    segment **oldsegs = NULL;
+    size_t oldn = 0;
+    char *old_ckpt = NULL;
+    int committed = 0, uncertain = 0;
+    if (rc == 0) {
+        t0 = db_now_us();
+        rc = db_exclusive_begin(db);
+        if (rc) {
+            rc = seterr(err, errlen, rc, "out of memory");
+        } else {
+            segment **newsegs = NULL;
+            if (db->failed)
+                rc = seterr(err, errlen, S4KV_ECLOSED, "an earlier write failed; reopen");
+            else if (!(newsegs = malloc((o.n + db->nsegs - nin) * sizeof *newsegs)))
+                rc = seterr(err, errlen, S4KV_ENOMEM, "out of memory");
+            if (rc == 0) {
+                if (o.n)
+                    memcpy(newsegs, o.segs, o.n * sizeof *newsegs);
+                memcpy(newsegs + o.n, db->segs + nin, (db->nsegs - nin) * sizeof *newsegs);
+                pthread_rwlock_wrlock(&db->rw);
+                oldsegs = db->segs;
+                oldn = db->nsegs;
+                db->segs = newsegs;
+                db->nsegs = db->capsegs = o.n + oldn - nin;
+                pthread_rwlock_unlock(&db->rw);
+                old_ckpt = db->ckpt_name;
+                db->ckpt_name = NULL;
+                rc = manifest_commit(db, err, errlen);
+                committed = rc == 0;
+                /* renamed but not durable: keep the new table, every file
+                 * stays for reopen to sort out */
+                uncertain = rc != 0 && db->failed;
+                if (committed || uncertain) {
+                    pthread_rwlock_wrlock(&db->rw);
+                    for (size_t i = 0; i < nin; i++)
+                        db->byno[in[i]->no] = NULL;
+                    pthread_rwlock_unlock(&db->rw);
+                } else {
+                    /* not committed: the old table and checkpoint stand */
+                    pthread_rwlock_wrlock(&db->rw);
+                    free(db->segs);
+                    db->segs = oldsegs;
+                    db->nsegs = db->capsegs = oldn;
+                    pthread_rwlock_unlock(&db->rw);
+                    oldsegs = NULL;
+                    db->ckpt_name = old_ckpt;
+                    old_ckpt = NULL;
+                }
+            }
+            db_exclusive_end(db);
+        }
+        uint64_t d = db_now_us() - t0;
+        if (d > pause)
+            pause = d;
+    }
+
+    if (!committed && !uncertain && published) {
+        /* move every entry back, then withdraw the outputs */
+        move_keys(&c, 1, NULL);
+        pthread_rwlock_wrlock(&db->rw);
+        for (size_t i = 0; i < o.n; i++)
+            if (o.segs[i]->no < db->nbyno && db->byno[o.segs[i]->no] == o.segs[i])
+                db->byno[o.segs[i]->no] = NULL;
+        pthread_rwlock_unlock(&db->rw);
+    }
+    if (published)
+        set_moving(db, 0);
+    if (!committed && !uncertain) {
+        out_discard(&o, 1); /* no manifest names them */
+    } else if (uncertain) {
+        for (size_t i = 0; i < nin; i++) {
+            seg_close(db, in[i]);
+            free(in[i]);
+        }
+        free(o.segs); /* the table owns the outputs now */
+    } else {
+        /* committed: the inputs and the old checkpoint are garbage */
+        uint64_t kept = 0;
+        for (size_t i = 0; i < nin; i++) {
+            char path[4096];
+            seg_path(db, in[i]->no, path, sizeof path);
+            seg_close(db, in[i]);
+            db->v->unlink(db->v, path);
+            free(in[i]);
+        }
+        if (old_ckpt) {
+            char path[4096];
+            snprintf(path, sizeof path, "%s/%s", db->dir, old_ckpt);
+            db->v->unlink(db->v, path);
+        }
+        db->v->fsync_dir(db->v, db->dir);
+        for (size_t i = 0; i < o.n; i++)
+            kept += o.segs[i]->size;
+        free(o.segs);
+        db->compactions++;
+        db->compact_pause_us = pause;
+        db->compact_ms = (db_now_us() - t_start) / 1000;
+        db_log(db, "compaction: %" PRIu64 " of %zu live records moved, %" PRIu64 " bytes of "
+                   "%zu old segments replaced by %" PRIu64 " bytes in %zu; longest stall %"
+                   PRIu64 " us, %" PRIu64 " ms in all", nmoved, c.n, in_bytes, nin, kept,
+               o.n, pause, db->compact_ms);
+    }
+    free(old_ckpt);
+    free(oldsegs);
+    free(in);
+    free(o.buf);
+    free(c.mv);
+    free(c.keys);
     return rc;
 }
 
+int s4kv_compact(s4kv_db *db, char *err, size_t errlen)
+{
+    if (!db)
+        return seterr(err, errlen, S4KV_EINVAL, "NULL handle");
+    if (db->read_only)
+        return seterr(err, errlen, S4KV_EREADONLY, "%s is open read-only", db->dir);
+    pthread_mutex_lock(&db->cmu);
+    int rc = compact_online(db, err, errlen);
+    pthread_mutex_unlock(&db->cmu);
+    return rc;
+}
+
+int s4kv_compact_stats(s4kv_db *db, uint64_t *count, uint64_t *pause_us, uint64_t *total_ms)
+{
+    if (!db)
+        return S4KV_EINVAL;
+    pthread_mutex_lock(&db->cmu);
+    if (count)
+        *count = db->compactions;
+    if (pause_us)
+        *pause_us = db->compact_pause_us;
+    if (total_ms)
+        *total_ms = db->compact_ms;
+    pthread_mutex_unlock(&db->cmu);
+    return 0;
+}
 int s4kv_rebuild_index(s4kv_db *db, char *err, size_t errlen)
 {
     if (!db)
         return seterr(err, errlen, S4KV_EINVAL, "NULL handle");
-    int rc = db_exclusive_begin(db);
+    int rc = db_exclusive_begin_ckpt(db);
     if (rc)
         return seterr(err, errlen, rc, "out of memory");
     keydir *kd = NULL;
@@ -412,7 +585,7 @@ int s4kv_verify(s4kv_db *db, s4kv_verify_report *rep, char *err, size_t errlen)
     memset(rep, 0, sizeof *rep);
     if (!db)
         return seterr(err, errlen, S4KV_EINVAL, "NULL handle");
-    int rc = db_exclusive_begin(db);
+    int rc = db_exclusive_begin_ckpt(db);
     if (rc)
         return seterr(err, errlen, rc, "out of memory");
     vctx c = {db, keydir_new(keydir_count(db->kd), db->hash), 0};

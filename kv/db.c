@@ -288,6 +288,28 @@ void db_exclusive_end(s4kv_db *db)
     free(w);
 }
 
+int db_exclusive_begin_ckpt(s4kv_db *db)
+{
+    for (;;) {
+        int rc = db_exclusive_begin(db);
+        if (rc || !__atomic_load_n(&db->moving, __ATOMIC_ACQUIRE))
+            return rc;
+        /* A compaction is moving keys and needs the log to finish: let it. */
+        db_exclusive_end(db);
+        pthread_mutex_lock(&db->qmu);
+        while (__atomic_load_n(&db->moving, __ATOMIC_ACQUIRE))
+            pthread_cond_wait(&db->move_cv, &db->qmu);
+        pthread_mutex_unlock(&db->qmu);
+    }
+}
+
+uint64_t db_now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
 /* ---- Rotation and checkpoints (caller is the exclusive head) */
 
 static int sync_active(s4kv_db *db, char *err, size_t errlen)
@@ -591,7 +613,8 @@ static int append_group(s4kv_db *db, writer *head, writer *last, char *err, size
         return seterr(err, errlen, S4KV_ENOMEM,
                       "out of memory updating the index (the write is in the log; reopen)");
     }
-    if (db->opt.checkpoint_bytes && db->since_ckpt >= db->opt.checkpoint_bytes) {
+    if (db->opt.checkpoint_bytes && db->since_ckpt >= db->opt.checkpoint_bytes &&
+        !__atomic_load_n(&db->moving, __ATOMIC_ACQUIRE)) {
         char e2[512];
         if (db_checkpoint_locked(db, e2, sizeof e2) != 0)
             db_log(db, "checkpoint failed (will retry): %s", e2);
@@ -999,7 +1022,7 @@ int s4kv_checkpoint(s4kv_db *db, char *err, size_t errlen)
         return seterr(err, errlen, S4KV_EINVAL, "NULL handle");
     if (db->read_only)
         return seterr(err, errlen, S4KV_EREADONLY, "%s is open read-only", db->dir);
-    int rc = db_exclusive_begin(db);
+    int rc = db_exclusive_begin_ckpt(db);
     if (rc)
         return seterr(err, errlen, rc, "out of memory");
     rc = db->failed ? seterr(err, errlen, S4KV_ECLOSED, "an earlier write failed; reopen")
@@ -1086,6 +1109,8 @@ static void db_free(s4kv_db *db)
     pthread_rwlock_destroy(&db->rw);
     pthread_mutex_destroy(&db->qmu);
     pthread_cond_destroy(&db->stop_cv);
+    pthread_mutex_destroy(&db->cmu);
+    pthread_cond_destroy(&db->move_cv);
     free(db);
 }
 
@@ -1487,6 +1512,8 @@ int s4kv__open_vfs(const char *dir, const s4kv_options *opt, vfs *v, keydir_hash
     pthread_rwlockattr_destroy(&ra);
     pthread_mutex_init(&db->qmu, NULL);
     pthread_cond_init(&db->stop_cv, NULL);
+    pthread_mutex_init(&db->cmu, NULL);
+    pthread_cond_init(&db->move_cv, NULL);
     db->next_seq = 1;
 
     int rc = 0;
@@ -1583,7 +1610,7 @@ int s4kv_close(s4kv_db *db)
     int rc = 0;
     if (!db->read_only && !db->failed) {
         char e[512];
-        db_exclusive_begin(db);
+        db_exclusive_begin_ckpt(db);
         if (db->since_ckpt > 0 || !db->ckpt_name)
             rc = db_checkpoint_locked(db, e, sizeof e);
         else
@@ -1623,7 +1650,7 @@ int db_snapshot(s4kv_db *db, uint64_t ckpt_after, db_snap *out, char *err, size_
     out->ckpt_fd = -1;
     if (db->read_only)
         return seterr(err, errlen, S4KV_EREADONLY, "%s is open read-only", db->dir);
-    int rc = db_exclusive_begin(db);
+    int rc = db_exclusive_begin_ckpt(db);
     if (rc)
         return seterr(err, errlen, rc, "out of memory");
     if (db->failed)

@@ -142,6 +142,17 @@ struct s4kv_db {
     pthread_t syncer;      /* S4KV_SYNC_INTERVAL thread */
     int syncer_on, stopping;
     pthread_cond_t stop_cv;
+
+    /* Online compaction (compact.c). cmu serialises compactions. `moving`
+     * (atomic; waited on under qmu with move_cv) is set while the keydir may
+     * point into output segments that no manifest names yet: no checkpoint
+     * and no verify may run then (db_exclusive_begin_ckpt waits it out). */
+    pthread_mutex_t cmu;
+    int moving;
+    pthread_cond_t move_cv;
+    uint64_t compactions;        /* done by this handle */
+    uint64_t compact_pause_us;   /* last one: longest stall of writers or readers */
+    uint64_t compact_ms;         /* last one: wall time */
 };
 
 void db_log(s4kv_db *db, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -165,6 +176,11 @@ int seg_read(s4kv_db *db, const segment *s, uint64_t off, void *buf, size_t len,
 /* Become / stop being the exclusive owner of the log (head of writer queue). */
 int db_exclusive_begin(s4kv_db *db);
 void db_exclusive_end(s4kv_db *db);
+/* db_exclusive_begin at a moment when no compaction is moving keys, so the
+ * keydir matches the manifest (checkpoint, verify, rebuild, snapshot). */
+int db_exclusive_begin_ckpt(s4kv_db *db);
+/* Monotonic clock in microseconds. */
+uint64_t db_now_us(void);
 
 /* manifest.c: write MANIFEST (generation db->generation + 1 on success) from
  * the db's segment table. Caller is exclusive. */

@@ -237,14 +237,30 @@ void s4kv_iter_free(s4kv_iter *it);
 
 /* ---- Maintenance. */
 
-/* Rewrites every live record into new segments, dropping stale values and
- * tombstones, then writes a checkpoint and commits a new manifest, and only
- * then unlinks the old segments. Writers wait while it runs (offline
- * compaction). A crash at any point leaves either the old or the new database,
- * complete. Reports progress through options.progress. Errors: S4KV_EREADONLY,
- * S4KV_EIO, S4KV_ENOSPC, S4KV_ECORRUPT (a live record failed its checksum: the
- * compaction is abandoned and nothing is changed), S4KV_ENOMEM. */
+/* Online compaction (Bitcask's merge, done beside the writers): seals the
+ * active segment, copies every live record of the sealed segments byte for
+ * byte into new segments (stale values and tombstones are dropped), moves the
+ * index to them, commits a new manifest, and only then unlinks the old
+ * segments. Reads and writes go on meanwhile; they wait only for short steps
+ * (the seal, each move of up to 4096 index entries under the write lock, and
+ * the manifest commit), the longest of which s4kv_compact_stats reports. A key
+ * written or deleted during the compaction keeps its newer state. The manifest
+ * it commits names no checkpoint (the old one points into the old segments);
+ * the next checkpoint (close, upload, checkpoint_bytes, s4kv_checkpoint)
+ * records the new layout, and a reopen before that replays the log. A crash at
+ * any point leaves either the old or the new database, complete. Compactions
+ * of one handle run one at a time. Reports progress through options.progress.
+ * Errors: S4KV_EREADONLY, S4KV_EIO, S4KV_ENOSPC, S4KV_ECORRUPT (a sealed
+ * segment holds a damaged region or a live record fails its check: the
+ * compaction is abandoned and nothing is changed; run verify), S4KV_ECLOSED
+ * (a write failed meanwhile), S4KV_ENOMEM. */
 int s4kv_compact(s4kv_db *db, char *err, size_t errlen);
+
+/* Figures of this handle's compactions: how many completed (*count), and for
+ * the last one the longest time any reader or writer had to wait for it
+ * (*pause_us, microseconds) and its whole duration (*total_ms, milliseconds).
+ * Any output pointer may be NULL. Errors: S4KV_EINVAL (NULL handle). */
+int s4kv_compact_stats(s4kv_db *db, uint64_t *count, uint64_t *pause_us, uint64_t *total_ms);
 
 /* Discards the in-memory index and rebuilds it by replaying every segment in
  * manifest order, then writes a fresh checkpoint. Errors: S4KV_EREADONLY
@@ -395,8 +411,8 @@ int s4kv_s3_stats(s4kv_db *db, s4kv_s3_report *rep);
  *    keeps serving reads and writes meanwhile.
  *  - when garbage_bytes / segment_bytes reaches compact_ratio (and garbage is
  *    at least compact_min_garbage bytes) it runs s4kv_compact on the pool,
- *    then uploads. Writers wait while s4kv_compact runs: the loop reports
- *    that pause.
+ *    then uploads. The compaction is online: reads and writes go on, and the
+ *    loop reports its longest stall (s4kv_compact_stats).
  *  - with a listen address it also serves HTTP/1.1 on the same loop (the
  *    routes and limits are at the top of sync/http.c).
  * The loop logs one line per event through `log` ("info upload done: ...",
@@ -501,7 +517,8 @@ typedef struct s4kv_sync_metrics {
     uint64_t s3_errors;         /* operations that failed after their retries (= failed
                                    uploads) */
     uint64_t compactions, compaction_failures;
-    uint64_t compact_pause_last_ms, compact_pause_max_ms; /* writers waited this long */
+    uint64_t compact_pause_last_ms, compact_pause_max_ms; /* longest stall of a reader or
+                                   writer in the last / any compaction */
     uint64_t garbage_bytes, segment_bytes; /* as of the last tick */
     uint64_t http_requests;     /* requests answered */
     uint64_t http_connections;  /* open now */

@@ -2110,7 +2110,8 @@ static const command COMMANDS[] = {
       "  --prefix P     only keys that start with P\n", 1 },
     { "compact", cmd_compact, 0, 0, 0, "compact",
       "Rewrites the live records into new segments and drops stale values and\n"
-      "tombstones; writers wait meanwhile. Shows progress on a terminal and a\n"
+      "tombstones (online in the library and the daemon: reads and writes go\n"
+      "on meanwhile). Shows progress on a terminal and a\n"
       "summary (segments and bytes before and after) on stderr. With --s3,\n"
       "uploads the result; the objects it dropped stay in S3 for readers of\n"
       "the previous generation until --retention allows deleting them.\n", 0 },
@@ -2167,8 +2168,8 @@ static const command COMMANDS[] = {
       "    locally. A write acknowledged at time t is in S3 by about t +\n"
       "    interval + the upload's duration (the lag is in /metrics).\n"
       "  - compacts when garbage reaches --compact-ratio of the segment bytes\n"
-      "    (and at least 1 MiB), then uploads; writers wait meanwhile, and the\n"
-      "    pause is in /metrics.\n"
+      "    (and at least 1 MiB), then uploads; online: reads and writes go on,\n"
+      "    and the longest stall it caused is in /metrics.\n"
       "  - serves HTTP/1.1 on --listen: GET/PUT/DELETE /v1/kv/KEY (raw bytes,\n"
       "    percent-encoded key; a bad escape is 400), POST /v1/batch (below),\n"
       "    GET /v1/keys?prefix=P (one percent-encoded key per line, a JSON array\n"
