@@ -683,3 +683,78 @@ Test(daemon, http_api_and_sigterm_with_a_request_in_flight, .timeout = 120)
     tu_rmtree_free(dir);
     tu_rmtree_free(logdir);
 }
+
+/* SIGTERM with many clients mid-request: 48 PUTs half sent and 16 idle
+ * connections. The idle ones are closed without a response, new
+ * connections are refused, every PUT finishes (204, Connection: close), the
+ * final upload carries them and the daemon exits 0. */
+Test(daemon, sigterm_with_many_requests_in_flight, .timeout = 120)
+{
+    enum { NPUT = 48, NIDLE = 16, VLEN = 1000 };
+    tu_s3 s;
+    tu_s3_start(&s, "bkt");
+    char *dir = tu_tmpdir("daemon-drain");
+    char *logdir = tu_tmpdir("daemon-drain-log");
+    char logfile[PATH_MAX];
+    snprintf(logfile, sizeof logfile, "%s/sync.log", logdir);
+    int port = 0;
+    pid_t pid = start_daemon(dir, "s3://bkt/drain/", logfile, &port);
+    static char vals[NPUT][VLEN + 1], keys[NPUT][32];
+    int put_fd[NPUT], idle_fd[NIDLE];
+    for (int i = 0; i < NPUT; i++) {
+        for (int j = 0; j < VLEN; j++)
+            vals[i][j] = (char)('a' + (i + j) % 26);
+        snprintf(keys[i], sizeof keys[i], "drain%02d", i);
+        put_fd[i] = tu_tcp_connect(port);
+        cr_assert(put_fd[i] >= 0);
+        char head[128];
+        int hl = snprintf(head, sizeof head, "PUT /v1/kv/%s HTTP/1.1\r\nHost: t\r\n"
+                          "Content-Length: %d\r\n\r\n", keys[i], VLEN);
+        tu_send_all(put_fd[i], head, (size_t)hl);
+        tu_send_all(put_fd[i], vals[i], VLEN / 2);
+    }
+    for (int i = 0; i < NIDLE; i++) {
+        idle_fd[i] = tu_tcp_connect(port);
+        cr_assert(idle_fd[i] >= 0);
+    }
+    tu_sleep_ms(200);
+    cr_assert_eq(kill(pid, SIGTERM), 0);
+    tu_sleep_ms(300);
+    int fd2 = tu_tcp_connect(port);
+    cr_assert(fd2 < 0, "the stopping daemon still accepts connections");
+    for (int i = 0; i < NIDLE; i++) {
+        char c;
+        cr_assert_eq(recv(idle_fd[i], &c, 1, 0), 0, "idle connection %d not closed at stop", i);
+        close(idle_fd[i]);
+    }
+    for (int i = 0; i < NPUT; i++)
+        tu_send_all(put_fd[i], vals[i] + VLEN / 2, VLEN - VLEN / 2);
+    for (int i = 0; i < NPUT; i++) {
+        tu_resp r;
+        tu_read_resp(put_fd[i], &r);
+        cr_assert_eq(r.status, 204, "PUT %d: %s", i, r.head);
+        cr_assert(strcasestr(r.head, "Connection: close"), "%s", r.head);
+        free(r.body);
+        close(put_fd[i]);
+    }
+    int st = 0;
+    long long t0 = tu_now_ms();
+    while (waitpid(pid, &st, WNOHANG) == 0) {
+        cr_assert(tu_now_ms() - t0 < 30000, "s4kv sync did not exit within 30 s of SIGTERM");
+        tu_sleep_ms(20);
+    }
+    size_t ln;
+    uint8_t *lg = tu_read_file(logfile, &ln);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "exit status %d; log:\n%s", st,
+              lg ? (char *)lg : "");
+    free(lg);
+    const char *k[NPUT], *v[NPUT];
+    for (int i = 0; i < NPUT; i++) {
+        k[i] = keys[i];
+        v[i] = vals[i];
+    }
+    remote_check("s3://bkt/drain/", NULL, k, v, NPUT);
+    tu_s3_stop(&s);
+    tu_rmtree_free(dir);
+    tu_rmtree_free(logdir);
+}
