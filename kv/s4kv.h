@@ -242,7 +242,7 @@ void s4kv_iter_free(s4kv_iter *it);
  * byte into new segments (stale values and tombstones are dropped), moves the
  * index to them, commits a new manifest, and only then unlinks the old
  * segments. Reads and writes go on meanwhile; they wait only for short steps
- * (the seal, each move of up to 4096 index entries under the write lock, and
+ * (the seal, each move of up to 1024 index entries under the write lock, and
  * the manifest commit), the longest of which s4kv_compact_stats reports. A key
  * written or deleted during the compaction keeps its newer state. The manifest
  * it commits names no checkpoint (the old one points into the old segments);
