@@ -1405,25 +1405,13 @@ static void job_finish(runner *R, xjob *j)
     j->done = 1;
     R->ndone++;
     if (j->fd >= 0) {
-        if (j->tmp && !j->failed) {
-            if (fdatasync(j->fd) && errno != EINVAL) {
-                char m[300];
-                snprintf(m, sizeof m, "GET_FILE %s: fdatasync: %s", j->tmp, strerror(errno));
-                job_fail(j, S4KV_EIO, m);
-            }
-        }
         close(j->fd);
         j->fd = -1;
     }
-    if (j->tmp) {
-        if (!j->failed && rename(j->tmp, j->x->path)) {
-            char m[300];
-            snprintf(m, sizeof m, "GET_FILE: rename %s to %s: %s", j->tmp, j->x->path,
-                     strerror(errno));
-            job_fail(j, S4KV_EIO, m);
-        }
-        if (j->failed)
-            unlink(j->tmp);
+    /* a GET_FILE target is made durable and renamed by job_settle, after the
+     * batch and on the caller's thread, not on the loop's */
+    if (j->tmp && j->failed) {
+        unlink(j->tmp);
         free(j->tmp);
         j->tmp = NULL;
     }
@@ -1442,6 +1430,33 @@ static void job_finish(runner *R, xjob *j)
     j->complete_body = NULL;
     free(j->sha);
     j->sha = NULL;
+}
+
+/* After the batch: fdatasync and rename of a finished GET_FILE. */
+static void job_settle(xjob *j)
+{
+    if (!j->tmp)
+        return;
+    if (!j->failed) {
+        int fd = open(j->tmp, O_RDONLY | O_CLOEXEC);
+        if (fd < 0 || (fdatasync(fd) && errno != EINVAL)) {
+            char m[300];
+            snprintf(m, sizeof m, "GET_FILE %s: fdatasync: %s", j->tmp, strerror(errno));
+            job_fail(j, S4KV_EIO, m);
+        }
+        if (fd >= 0)
+            close(fd);
+    }
+    if (!j->failed && rename(j->tmp, j->x->path)) {
+        char m[300];
+        snprintf(m, sizeof m, "GET_FILE: rename %s to %s: %s", j->tmp, j->x->path,
+                 strerror(errno));
+        job_fail(j, S4KV_EIO, m);
+    }
+    if (j->failed)
+        unlink(j->tmp);
+    free(j->tmp);
+    j->tmp = NULL;
 }
 
 static int push_wait(runner *R, s3_req *r)
@@ -2491,6 +2506,8 @@ int s3_run(s3_client *cl, s3_xfer *x, size_t n, s3_progress_fn progress_fn, void
         job_prepare(&R, &R.jobs[i]); /* hashing stays on the caller's thread */
     progress(&R);
     runner_exec(&R);
+    for (size_t i = 0; i < n; i++)
+        job_settle(&R.jobs[i]);
     free(R.wait);
     free(R.jobs);
     int rc = 0;
