@@ -17,12 +17,22 @@
  *   as the previous sample (or the time of the stats read before an upload
  *   that may have missed it), never later than the write itself.
  *
- * Next slice: the S3 transfers move onto this loop
- * (curl multi driven by uv_poll_t + one uv_timer_t) instead of s4kv_upload's
- * own blocking curl multi loop on a pool thread.
+ * S3 transfers run on this loop: the loop thread creates an s3_loop
+ * (s3_internal.h) and the uploads' long-lived S3 client (replica_remote,
+ * opened by the first upload, kept across successful ones so its connections
+ * stay open, reopened after a failure so credentials are read afresh) is
+ * attached to it. The upload's orchestration - listing, hashing the files,
+ * the snapshot, the manifest commit order - stays on the pool thread; each
+ * batch of requests it makes is posted to the loop, which drives libcurl's
+ * multi interface with curl_multi_socket_action (a uv_poll_t per socket, one
+ * uv_timer_t for curl, one for retry backoff) next to the HTTP server, while
+ * the pool thread waits. Stopping closes the remote and the s3_loop only
+ * when no job runs, so no posted batch is ever stranded; a batch still
+ * queued at that point would run to its end before the loop exits.
  */
 #include "daemon.h"
 #include "internal.h"
+#include "s3_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -70,6 +80,9 @@ struct s4kv_sync_loop {
     uv_timer_t tick, sample;
     http_server *http;
     int thread_started;
+    s3_loop *s3loop;          /* runs the uploads' transfers on this loop (NULL: could not) */
+    replica_remote *remote;   /* the uploads' S3 client, kept across successful uploads;
+                                 touched only by the job in flight, or once none runs */
 
     /* loop-thread state */
     uint32_t poll_ms;
@@ -540,7 +553,15 @@ static void job_work(uv_work_t *w)
     }
     j->covered_seq = st.next_seq;
     j->covered_t = mono_ms(s) + off;
-    j->rc = s4kv_upload(s->db, &s->o.s3, &j->rep, j->err, sizeof j->err);
+    if (!s->remote)
+        j->rc = replica_remote_open(&s->o.s3, s->s3loop, &s->remote, j->err, sizeof j->err);
+    if (s->remote)
+        j->rc = replica_upload_with(s->remote, s->db, &j->rep, j->err, sizeof j->err);
+    if (j->rc && s->remote) {
+        /* the next upload reads credentials and endpoint afresh */
+        replica_remote_close(s->remote);
+        s->remote = NULL;
+    }
     j->end_t = mono_ms(s) + off;
 }
 
@@ -711,6 +732,11 @@ static void close_all(s4kv_sync_loop *s)
     if (s->closing)
         return;
     s->closing = 1;
+    /* no job runs now: nothing of ours is posted to the S3 loop */
+    replica_remote_close(s->remote);
+    s->remote = NULL;
+    s3_loop_close(s->s3loop);
+    s->s3loop = NULL;
     uv_close((uv_handle_t *)&s->tick, on_closed);
     uv_close((uv_handle_t *)&s->sample, on_closed);
     uv_close((uv_handle_t *)&s->wake, on_closed);
@@ -765,6 +791,9 @@ static void on_wake(uv_async_t *a)
 static void loop_main(void *arg)
 {
     s4kv_sync_loop *s = arg;
+    char err[256];
+    if (s3_loop_new(&s->loop, &s->s3loop, err, sizeof err))
+        sync_log(s, "warn", "%s; uploads drive their transfers on the pool thread", err);
     uv_run(&s->loop, UV_RUN_DEFAULT);
 }
 

@@ -97,4 +97,23 @@ void sync_metrics_text(s4kv_sync_loop *s, sbuf *b);
 void sync_log(s4kv_sync_loop *s, const char *level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* ---- Uploads through one long-lived S3 client (replica.c). The sync loop
+ * keeps a remote across uploads (its pooled connections stay open) and
+ * attaches its client to the loop's s3_loop (s3_internal.h), so the upload's
+ * transfers run on the loop thread while the orchestration (listing, hashing,
+ * snapshot, manifest order) runs on the calling pool thread. Credentials and
+ * endpoint are read once, when the remote is opened. */
+typedef struct replica_remote replica_remote;
+struct s3_loop;
+/* o must outlive the remote. x may be NULL (transfers on private loops).
+ * 0, or the error of s3_url_parse / s3_config_from_env / s3_client_new. */
+int replica_remote_open(const s4kv_s3_options *o, struct s3_loop *x, replica_remote **out,
+                        char *err, size_t errlen);
+/* s4kv_upload on rm's client; rep counts only this upload's requests. One
+ * call at a time per remote. */
+int replica_upload_with(replica_remote *rm, s4kv_db *db, s4kv_s3_report *rep, char *err,
+                        size_t errlen);
+/* Detaches and frees (no call may be in flight). NULL is a no-op. */
+void replica_remote_close(replica_remote *rm);
+
 #endif

@@ -11,8 +11,9 @@
  * readable), and the retention window passed. A crash anywhere leaves S3 with
  * a readable, complete database; a rerun converges.
  */
+#include "daemon.h"
 #include "internal.h"
-#include "s3.h"
+#include "s3_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -55,6 +56,7 @@ typedef struct remote {
     s3_client *cl;
     char *bucket, *prefix;
     const s4kv_s3_options *o;
+    s3_stats base; /* the client's counts when the current operation began */
 } remote;
 
 static void rlog(const s4kv_s3_options *o, const char *fmt, ...)
@@ -129,9 +131,9 @@ static void fill_counts(remote *r, s4kv_s3_report *rep)
 {
     s3_stats st;
     s3_client_stats(r->cl, &st);
-    rep->requests = st.requests;
-    rep->retries = st.retries;
-    rep->connections = st.connections;
+    rep->requests = st.requests - r->base.requests;
+    rep->retries = st.retries - r->base.retries;
+    rep->connections = st.connections - r->base.connections;
 }
 
 /* Reads the remote MANIFEST. S4KV_ENOENT when there is none. */
@@ -269,19 +271,12 @@ static int remote_not_ahead(const manifest *rm, const db_snap *snap, const remot
     return 0;
 }
 
-int s4kv_upload(s4kv_db *db, const s4kv_s3_options *o, s4kv_s3_report *rep, char *err,
-                size_t errlen)
+/* The upload itself, on r's client (its request counts go to rep). */
+static int upload_on(remote *r, s4kv_db *db, s4kv_s3_report *rep, char *err, size_t errlen)
 {
-    s4kv_s3_report local;
-    if (!rep)
-        rep = &local;
-    memset(rep, 0, sizeof *rep);
-    if (!db)
-        return seterr(err, errlen, S4KV_EINVAL, "NULL handle");
-    remote r;
-    int rc = remote_init(&r, o, err, errlen);
-    if (rc)
-        return rc;
+    const s4kv_s3_options *o = r->o;
+    int rc = 0;
+    s3_client_stats(r->cl, &r->base);
     manifest old = {0}, nm = {0};
     db_snap snap = {.ckpt_fd = -1};
     s3_object *objs = NULL;
@@ -291,7 +286,7 @@ int s4kv_upload(s4kv_db *db, const s4kv_s3_options *o, s4kv_s3_report *rep, char
     size_t nx = 0, ndel = 0;
     int have_old = 0;
 
-    rc = remote_manifest(&r, &old, err, errlen);
+    rc = remote_manifest(r, &old, err, errlen);
     if (rc == 0)
         have_old = 1;
     else if (rc == S4KV_ENOENT)
@@ -302,11 +297,11 @@ int s4kv_upload(s4kv_db *db, const s4kv_s3_options *o, s4kv_s3_report *rep, char
         rc = seterr(err, errlen, S4KV_EEXIST,
                     "s3://%s/%s holds a different database (id %016" PRIx64 ", this one is %016"
                     PRIx64 "); refusing to overwrite it: use another prefix, or download it",
-                    r.bucket, r.prefix, old.id, snap.id);
+                    r->bucket, r->prefix, old.id, snap.id);
     if (rc == 0 && have_old)
-        rc = remote_not_ahead(&old, &snap, &r, err, errlen);
+        rc = remote_not_ahead(&old, &snap, r, err, errlen);
     if (rc == 0)
-        rc = s3_list(r.cl, r.prefix, &objs, &nobjs, err, errlen);
+        rc = s3_list(r->cl, r->prefix, &objs, &nobjs, err, errlen);
 
     /* What S3 lacks: segments shorter than their committed length, the checkpoint. */
     size_t cap = snap.nsegs + 1;
@@ -332,7 +327,7 @@ int s4kv_upload(s4kv_db *db, const s4kv_s3_options *o, s4kv_s3_report *rep, char
         } else {
             break;
         }
-        char *k = objkey(&r, name);
+        char *k = objkey(r, name);
         if (!k) {
             rc = seterr(err, errlen, S4KV_ENOMEM, "out of memory");
             break;
@@ -354,7 +349,7 @@ int s4kv_upload(s4kv_db *db, const s4kv_s3_options *o, s4kv_s3_report *rep, char
         nx++;
     }
     if (rc == 0)
-        rc = run_xfers(&r, x, nx, "upload", err, errlen);
+        rc = run_xfers(r, x, nx, "upload", err, errlen);
     if (rc == 0)
         rep->objects_uploaded = nx;
 
@@ -398,7 +393,7 @@ int s4kv_upload(s4kv_db *db, const s4kv_s3_options *o, s4kv_s3_report *rep, char
             if (names_contains(&nm, e->name))
                 continue; /* named again (e.g. re-uploaded): not retired any more */
             if (due)
-                dels[ndel++] = objkey(&r, e->name);
+                dels[ndel++] = objkey(r, e->name);
             else if (add_retired(&nm, e->name, e->generation, e->time) != 0)
                 rc = seterr(err, errlen, S4KV_ENOMEM, "out of memory");
         }
@@ -419,7 +414,7 @@ int s4kv_upload(s4kv_db *db, const s4kv_s3_options *o, s4kv_s3_report *rep, char
         }
         /* Leftovers of interrupted uploads: named by no manifest, not retired. */
         for (size_t i = 0; rc == 0 && i < nobjs; i++) {
-            const char *name = objs[i].key + strlen(r.prefix);
+            const char *name = objs[i].key + strlen(r->prefix);
             if (strchr(name, '/') || !is_db_object(name) || names_contains(&nm, name) ||
                 (have_old && names_contains(&old, name)))
                 continue;
@@ -433,13 +428,13 @@ int s4kv_upload(s4kv_db *db, const s4kv_s3_options *o, s4kv_s3_report *rep, char
         }
     }
     if (rc == 0 && publish) {
-        char *text = NULL, *k = objkey(&r, "MANIFEST");
+        char *text = NULL, *k = objkey(r, "MANIFEST");
         size_t tlen = 0;
         rc = k ? manifest_format(&nm, &text, &tlen) : S4KV_ENOMEM;
         if (rc)
             seterr(err, errlen, rc, "out of memory");
         else
-            rc = s3_put(r.cl, k, text, tlen, err, errlen); /* the commit point */
+            rc = s3_put(r->cl, k, text, tlen, err, errlen); /* the commit point */
         free(text);
         free(k);
         if (rc == 0) {
@@ -451,14 +446,14 @@ int s4kv_upload(s4kv_db *db, const s4kv_s3_options *o, s4kv_s3_report *rep, char
     rep->generation = publish ? nm.generation : (have_old ? old.generation : 0);
     if (rc == 0 && ndel) {
         char e2[512];
-        int drc = s3_delete_many(r.cl, dels, ndel, e2, sizeof e2);
+        int drc = s3_delete_many(r->cl, dels, ndel, e2, sizeof e2);
         if (drc)
             rlog(o, "upload: deleting %zu obsolete objects failed (they stay until the next "
                     "upload): %s", ndel, e2);
         else
             rep->objects_deleted = ndel;
     }
-    fill_counts(&r, rep);
+    fill_counts(r, rep);
     for (size_t i = 0; i < nx; i++) {
         free(paths[i]);
         free(keys[i]);
@@ -474,8 +469,70 @@ int s4kv_upload(s4kv_db *db, const s4kv_s3_options *o, s4kv_s3_report *rep, char
     manifest_free(&nm);
     if (have_old)
         manifest_free(&old);
+    return rc;
+}
+
+int s4kv_upload(s4kv_db *db, const s4kv_s3_options *o, s4kv_s3_report *rep, char *err,
+                size_t errlen)
+{
+    s4kv_s3_report local;
+    if (!rep)
+        rep = &local;
+    memset(rep, 0, sizeof *rep);
+    if (!db)
+        return seterr(err, errlen, S4KV_EINVAL, "NULL handle");
+    remote r;
+    int rc = remote_init(&r, o, err, errlen);
+    if (rc)
+        return rc;
+    rc = upload_on(&r, db, rep, err, errlen);
     remote_close(&r);
     return rc;
+}
+
+/* ---- A long-lived remote for the sync loop (daemon.h) */
+
+struct replica_remote {
+    remote r;
+};
+
+int replica_remote_open(const s4kv_s3_options *o, struct s3_loop *x, replica_remote **out,
+                        char *err, size_t errlen)
+{
+    *out = NULL;
+    replica_remote *rm = malloc(sizeof *rm);
+    if (!rm)
+        return seterr(err, errlen, S4KV_ENOMEM, "out of memory");
+    int rc = remote_init(&rm->r, o, err, errlen);
+    if (rc) {
+        free(rm);
+        return rc;
+    }
+    if (x)
+        s3_client_attach_loop(rm->r.cl, x);
+    *out = rm;
+    return 0;
+}
+
+int replica_upload_with(replica_remote *rm, s4kv_db *db, s4kv_s3_report *rep, char *err,
+                        size_t errlen)
+{
+    s4kv_s3_report local;
+    if (!rep)
+        rep = &local;
+    memset(rep, 0, sizeof *rep);
+    if (!db || !rm)
+        return seterr(err, errlen, S4KV_EINVAL, "NULL handle");
+    return upload_on(&rm->r, db, rep, err, errlen);
+}
+
+void replica_remote_close(replica_remote *rm)
+{
+    if (!rm)
+        return;
+    s3_client_attach_loop(rm->r.cl, NULL);
+    remote_close(&rm->r);
+    free(rm);
 }
 
 /* ---- Download */
