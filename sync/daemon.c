@@ -108,6 +108,7 @@ struct s4kv_sync_loop {
     /* metrics, guarded by mu (read from any thread) */
     pthread_mutex_t mu;
     s4kv_sync_metrics m;
+    s3_debug s3dbg;           /* the uploads' client, after the last job (sync_s3_debug) */
     pthread_mutex_t log_mu;
 };
 
@@ -557,6 +558,13 @@ static void job_work(uv_work_t *w)
         j->rc = replica_remote_open(&s->o.s3, s->s3loop, &s->remote, j->err, sizeof j->err);
     if (s->remote)
         j->rc = replica_upload_with(s->remote, s->db, &j->rep, j->err, sizeof j->err);
+    if (s->remote) {
+        s3_debug d;
+        replica_remote_debug(s->remote, &d);
+        pthread_mutex_lock(&s->mu);
+        s->s3dbg = d;
+        pthread_mutex_unlock(&s->mu);
+    }
     if (j->rc && s->remote) {
         /* the next upload reads credentials and endpoint afresh */
         replica_remote_close(s->remote);
@@ -786,6 +794,14 @@ static void on_wake(uv_async_t *a)
         http_drain(s->http, on_http_drained, s);
     else
         on_http_drained(s);
+}
+
+void sync_s3_debug(s4kv_sync_loop *s, s3_debug *d, uv_thread_t *loop_thread)
+{
+    pthread_mutex_lock(&s->mu);
+    *d = s->s3dbg;
+    pthread_mutex_unlock(&s->mu);
+    *loop_thread = s->thread;
 }
 
 static void loop_main(void *arg)

@@ -115,5 +115,13 @@ int replica_upload_with(replica_remote *rm, s4kv_db *db, s4kv_s3_report *rep, ch
                         size_t errlen);
 /* Detaches and frees (no call may be in flight). NULL is a no-op. */
 void replica_remote_close(replica_remote *rm);
+/* The driver counters of rm's client (s3_client_debug). */
+struct s3_debug;
+void replica_remote_debug(replica_remote *rm, struct s3_debug *d);
+
+/* Test seam: the counters of the uploads' S3 client as of the end of the last
+ * upload job (zeroes before one; a client reopened after a failure starts
+ * again from zero) and the sync loop's thread. Any thread. */
+void sync_s3_debug(s4kv_sync_loop *s, struct s3_debug *d, uv_thread_t *loop_thread);
 
 #endif

@@ -526,6 +526,11 @@ int replica_upload_with(replica_remote *rm, s4kv_db *db, s4kv_s3_report *rep, ch
     return upload_on(&rm->r, db, rep, err, errlen);
 }
 
+void replica_remote_debug(replica_remote *rm, s3_debug *d)
+{
+    s3_client_debug(rm->r.cl, d);
+}
+
 void replica_remote_close(replica_remote *rm)
 {
     if (!rm)

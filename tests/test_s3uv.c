@@ -5,8 +5,9 @@
  * (tests/s3util.c) and the fault proxy: many transfers at once stay byte
  * identical, an attached loop runs the transfers of a worker thread on its
  * own thread while it keeps serving its timers, a call made on the loop
- * thread itself does not deadlock, retries converge through 30% faults, and
- * 100 calls leak no file descriptor or multi handle.
+ * thread itself does not deadlock, retries converge through 30% faults,
+ * 100 calls leak no file descriptor or multi handle, and the sync loop's
+ * uploads run their transfers on the sync loop's own thread.
  */
 #include <criterion/criterion.h>
 #include <criterion/logging.h>
@@ -19,6 +20,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "daemon.h"
 #include "s3.h"
 #include "s3_internal.h"
 #include "s3util.h"
@@ -396,5 +398,66 @@ Test(s3uv, a_hundred_calls_leak_no_fd_or_handle)
                 (unsigned long long)st.connections, (unsigned long long)st.requests);
     s3_client_free(cl);
     s3_config_free(&c);
+    tu_s3_stop(&s);
+}
+
+static void quiet_log(void *ctx, const char *line)
+{
+    (void)ctx;
+    (void)line;
+}
+
+Test(s3uv, sync_loop_uploads_run_their_transfers_on_the_loop_thread)
+{
+    tu_s3 s;
+    tu_s3_start(&s, "bkt");
+    char *dir = tu_tmpdir("s3uv-sync");
+    s4kv_options oo;
+    s4kv_options_init(&oo);
+    oo.sync_mode = S4KV_SYNC_NONE;
+    oo.log = quiet_log;
+    s4kv_db *db = NULL;
+    char err[512] = "";
+    cr_assert_eq(s4kv_open(dir, &oo, &db, err, sizeof err), 0, "%s", err);
+    s4kv_sync_options o;
+    s4kv_sync_options_init(&o);
+    o.s3.url = "s3://bkt/uv/";
+    o.interval_ms = 100;
+    o.log = quiet_log;
+    s4kv_sync_loop *sl = NULL;
+    cr_assert_eq(s4kv_sync_start(db, &o, &sl, err, sizeof err), 0, "%s", err);
+    char val[20000];
+    memset(val, 'v', sizeof val);
+    long long t0 = tu_now_ms();
+    for (int round = 0;; round++) {
+        if (round < 30) { /* 30 writes over about 600 ms, then wait */
+            char key[32];
+            snprintf(key, sizeof key, "k%d", round);
+            cr_assert_eq(s4kv_put(db, key, strlen(key), val, sizeof val, err, sizeof err), 0,
+                         "%s", err);
+        }
+        tu_sleep_ms(20);
+        s4kv_stats st;
+        s4kv_sync_metrics m;
+        s4kv_stats_get(db, &st);
+        s4kv_sync_metrics_get(sl, &m);
+        if (round >= 30 && m.uploads >= 3 && m.uploaded_seq == st.next_seq)
+            break;
+        cr_assert_lt(tu_now_ms() - t0, 20000, "no upload caught up: %s", m.last_error);
+    }
+    s3_debug d;
+    uv_thread_t lt;
+    sync_s3_debug(sl, &d, &lt);
+    cr_expect_gt(d.loop_batches, 3, "%llu batches on the sync loop",
+                 (unsigned long long)d.loop_batches);
+    cr_expect_eq(d.private_batches, 0, "%llu batches off the loop",
+                 (unsigned long long)d.private_batches);
+    cr_expect_eq(d.multis_dropped, 0);
+    cr_assert(d.have_thread);
+    cr_expect(pthread_equal(d.last_thread, lt), "curl was not driven by the sync loop's thread");
+    cr_log_info("sync loop: %llu S3 batches on its thread", (unsigned long long)d.loop_batches);
+    cr_assert_eq(s4kv_sync_stop(sl, err, sizeof err), 0, "%s", err);
+    s4kv_close(db);
+    tu_rmtree_free(dir);
     tu_s3_stop(&s);
 }
