@@ -46,8 +46,9 @@
  * (chunked); all request bodies buffered at once stay under 4 x max_body
  * (503 past that); request heads over http-parser's 80 KiB get 431;
  * connections past max_connections get 503 and are closed; a connection
- * silent for idle_timeout_ms, or whose request does not arrive whole within
- * request_timeout_ms, gets 408 (mid-request) or is closed; responses queued
+ * silent for idle_timeout_ms (CR and LF between requests, which http-parser
+ * skips, do not count as activity), or whose request does not arrive whole
+ * within request_timeout_ms, gets 408 (mid-request) or is closed; responses queued
  * but unread past 8 MiB stop the connection's parsing until they drain.
  * Memory per connection is therefore bounded by its body and its queued
  * responses.
