@@ -48,6 +48,16 @@
  *     first. Keys out of order, growth, deletes and ordinary puts end the
  *     sorted fill (sfill = NO_FILL) and later keys probe as usual.
  *
+ *   filter a blocked Bloom filter over the live keys' folded hashes: one
+ *          64-bit word per 8 slots (8 bits a slot, 9.4..14 a key), 3 bits
+ *          per key in one word (Putze, Sanders, Singler, "Cache-, Hash- and
+ *          Space-Efficient Bloom Filters", 2007: blocked, one word a key).
+ *          1..2 % false positives; a get of an absent key reads one word
+ *          (the filter, 1/8 of the table, stays in cache) instead of probing
+ *          a cluster of the table (22 slots on average at load 0.85). Set on
+ *          insert; deletes leave their bits until the table grows or the
+ *          arena is rebuilt, when it is rebuilt from the table.
+ *
  * Limits: table <= 2^32 slots, arena < 16 GiB (about 500M keys of 16 bytes);
  * past them put returns -1 as if out of memory. The table never shrinks.
  */
@@ -77,6 +87,8 @@ typedef struct slot {
 struct keydir {
     slot *tab;
     size_t cap, count, max_count;
+    uint64_t *filt;           /* fwords words; see "filter" above */
+    size_t fwords;
     uint8_t *arena;
     size_t alen, acap, adead; /* bytes used, allocated, unreferenced */
     keydir_hash_fn hash;
@@ -173,6 +185,61 @@ static size_t cap_for(size_t n)
     return cap;
 }
 
+/* Zeroed memory for the filter (one place to change how it is allocated). */
+static void *big_calloc(size_t n)
+{
+    return calloc(1, n);
+}
+
+/* ---- the filter */
+
+static uint64_t filt_bits(uint32_t h, size_t fwords, size_t *word)
+{
+    /* mix the folded hash (it also picks the home slot) into independent
+     * bits: the word from the high half, bit positions from the low half */
+    uint64_t m = (uint64_t)h * 0x9E3779B97F4A7C15ull;
+    *word = (size_t)(((m >> 32) * fwords) >> 32);
+    return (1ull << (m & 63)) | (1ull << ((m >> 6) & 63)) | (1ull << ((m >> 12) & 63));
+}
+
+static int filt_maybe(const keydir *kd, uint32_t h)
+{
+    size_t w;
+    uint64_t b = filt_bits(h, kd->fwords, &w);
+    return (kd->filt[w] & b) == b;
+}
+
+static void filt_add(uint64_t *filt, size_t fwords, uint32_t h)
+{
+    size_t w;
+    uint64_t b = filt_bits(h, fwords, &w);
+    filt[w] |= b;
+}
+
+static size_t filt_words_for(size_t cap)
+{
+    return cap / 8 + 1;
+}
+
+/* Rebuilds the filter for the table (the size may change). 0 or -1
+ * (nothing changed). */
+static int filt_rebuild(keydir *kd)
+{
+    size_t n = filt_words_for(kd->cap);
+    uint64_t *f = n == kd->fwords ? kd->filt : big_calloc(n * sizeof *f);
+    if (!f)
+        return -1;
+    memset(f, 0, n * sizeof *f);
+    for (size_t i = 0; i < kd->cap; i++)
+        if (kd->tab[i].ref != 0)
+            filt_add(f, n, kd->tab[i].h);
+    if (f != kd->filt)
+        free(kd->filt);
+    kd->filt = f;
+    kd->fwords = n;
+    return 0;
+}
+
 /* Probes for key. Returns the index of its slot (*found = 1), or of the
  * empty slot that ends its probe sequence (*found = 0). */
 static size_t probe(const keydir *kd, const void *key, size_t klen, uint32_t h,
@@ -217,16 +284,26 @@ static int grow_table(keydir *kd)
     if (ncap > MAX_CAP)
         ncap = MAX_CAP;
     slot *ntab = calloc(ncap, sizeof(slot));
-    if (!ntab)
+    size_t nf = filt_words_for(ncap);
+    uint64_t *nfilt = big_calloc(nf * sizeof *nfilt);
+    if (!ntab || !nfilt) {
+        free(ntab);
+        free(nfilt);
         return -1;
+    }
     for (size_t i = 0; i < kd->cap; i++) {
         slot s = kd->tab[i];
-        if (s.ref != 0)
+        if (s.ref != 0) {
             ntab[free_slot(ntab, ncap, s.h)] = s;
+            filt_add(nfilt, nf, s.h);
+        }
     }
     free(kd->tab);
+    free(kd->filt);
     kd->tab = ntab;
     kd->cap = ncap;
+    kd->filt = nfilt;
+    kd->fwords = nf;
     kd->max_count = max_count_for(ncap);
     kd->sfill = NO_FILL;
     return 0;
@@ -283,6 +360,7 @@ static void maybe_compact(keydir *kd)
     kd->alen = pos;
     kd->acap = ncap;
     kd->adead = 0;
+    filt_rebuild(kd); /* drop the deleted keys' bits (same size: cannot fail) */
 }
 
 /* Empties slot i and shifts the rest of its cluster back so that no entry
@@ -324,8 +402,10 @@ keydir *keydir_new(size_t expect, keydir_hash_fn hash)
     if (acap > ARENA_MAX || expect > ARENA_MAX / 32)
         acap = ARENA_MAX;
     kd->tab = calloc(kd->cap, sizeof(slot));
+    kd->fwords = filt_words_for(kd->cap);
+    kd->filt = big_calloc(kd->fwords * sizeof *kd->filt);
     kd->arena = malloc(acap);
-    if (!kd->tab || !kd->arena) {
+    if (!kd->tab || !kd->filt || !kd->arena) {
         keydir_free(kd);
         return NULL;
     }
@@ -340,6 +420,7 @@ void keydir_free(keydir *kd)
     if (!kd)
         return;
     free(kd->tab);
+    free(kd->filt);
     free(kd->arena);
     free(kd);
 }
@@ -355,8 +436,11 @@ int keydir_get(const keydir *kd, const void *key, size_t klen, keydir_loc *loc)
 {
     if (klen == 0 || klen > KEY_MAX)
         return 0;
+    uint32_t h = key_hash(kd, key, klen);
+    if (!filt_maybe(kd, h))
+        return 0;
     int found;
-    size_t i = probe(kd, key, klen, key_hash(kd, key, klen), &found);
+    size_t i = probe(kd, key, klen, h, &found);
     if (found && loc)
         ent_get_loc(ent_at(kd, kd->tab[i].ref), loc);
     return found;
@@ -389,6 +473,7 @@ int keydir_put(keydir *kd, const void *key, size_t klen, keydir_loc loc,
     kd->sfill = NO_FILL;
     kd->tab[i].h = h;
     kd->tab[i].ref = append_entry(kd, key, klen, loc, sz);
+    filt_add(kd->filt, kd->fwords, h);
     kd->count++;
     return 0;
 }
@@ -429,6 +514,7 @@ int keydir_put_sorted(keydir *kd, const void *key, size_t klen, keydir_loc loc)
     }
     kd->tab[i].h = h;
     kd->tab[i].ref = append_entry(kd, key, klen, loc, sz);
+    filt_add(kd->filt, kd->fwords, h);
     kd->count++;
     kd->slast = h;
     return 0;
@@ -487,7 +573,7 @@ size_t keydir_count(const keydir *kd)
 
 size_t keydir_mem_bytes(const keydir *kd)
 {
-    return sizeof(*kd) + kd->cap * sizeof(slot) + kd->acap;
+    return sizeof(*kd) + kd->cap * sizeof(slot) + kd->fwords * sizeof(uint64_t) + kd->acap;
 }
 
 int keydir_next(const keydir *kd, size_t *pos, const void **key, size_t *klen,
@@ -526,10 +612,17 @@ int keydir_reserve(keydir *kd, size_t keys, size_t key_bytes)
         if (kd->count == 0) { /* nothing to rehash: a table of the final size */
             size_t ncap = cap_for(want);
             slot *ntab = calloc(ncap, sizeof(slot));
-            if (!ntab)
+            uint64_t *nfilt = big_calloc(filt_words_for(ncap) * sizeof *nfilt);
+            if (!ntab || !nfilt) {
+                free(ntab);
+                free(nfilt);
                 return -1;
+            }
             free(kd->tab);
+            free(kd->filt);
             kd->tab = ntab;
+            kd->filt = nfilt;
+            kd->fwords = filt_words_for(ncap);
             kd->cap = ncap;
             kd->max_count = max_count_for(ncap);
             kd->sfill = kd->sfill == NO_FILL ? NO_FILL : 0;
