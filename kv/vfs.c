@@ -682,7 +682,10 @@ void vfs_fault_crash_ex(vfs_fault *f, const vfs_crash *how, vfs_crash_stats *sta
     }
     /* 2. Names: undo the creates, renames and unlinks not made durable by a
      * directory fsync, newest first. */
-    for (size_t i = f->nns; i-- > 0;) {
+    size_t keep = how->ns_keep < f->nns ? how->ns_keep : f->nns;
+    for (size_t i = keep; i-- > 0;)
+        ns_free(&f->ns[i]);
+    for (size_t i = f->nns; i-- > keep;) {
         nsop *o = &f->ns[i];
         switch (o->kind) {
         case NS_CREATE:
@@ -716,6 +719,6 @@ void vfs_fault_crash_ex(vfs_fault *f, const vfs_crash *how, vfs_crash_stats *sta
 
 void vfs_fault_crash(vfs_fault *f, uint64_t torn_keep)
 {
-    vfs_crash how = {0, torn_keep, 0};
+    vfs_crash how = {0, torn_keep, 0, 0};
     vfs_fault_crash_ex(f, &how, NULL);
 }

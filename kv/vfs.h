@@ -98,8 +98,9 @@ int vfs_fault_frozen(const vfs_fault *f);
  *   fsync of its directory is undone, newest first: a created file vanishes,
  *   a renamed file gets its old name back and the target its old durable
  *   content (or vanishes when there was none), an unlinked file reappears
- *   with its durable content. Files that predate the fault vfs count as
- *   durable as they are.
+ *   with its durable content; with ns_keep > 0, the oldest ns_keep of them
+ *   persist (a journal that committed a prefix of the changes). Files that
+ *   predate the fault vfs count as durable as they are.
  * Not modelled: an ftruncate is durable when it returns; fdatasync makes the
  * data durable but not a new file's name (POSIX's worst case, which ext4 in
  * data=ordered mode is kinder than).
@@ -108,6 +109,7 @@ typedef struct vfs_crash {
     int garble;
     uint64_t torn_keep;
     uint64_t seed;
+    size_t ns_keep;
 } vfs_crash;
 typedef struct vfs_crash_stats {
     long files_cut;          /* files that had an unsynced tail */

@@ -404,14 +404,16 @@ typedef struct crash_mode {
     const char *name;
     int garble;
     uint64_t torn;
+    int ns_prefix; /* keep the oldest 1..3 unsynced namespace changes */
 } crash_mode;
 
 static const crash_mode crash_modes[] = {
-    {"drop", 0, 0},          /* unsynced bytes gone */
-    {"torn", 0, 13},         /* a 13-byte prefix of them kept */
-    {"garble", 1, 0},        /* all of them replaced by random bytes */
-    {"torn+garble", 1, 13},  /* a prefix kept, the rest random */
-    {"kept", 0, UINT64_MAX}, /* all of them reached the disk (names still undone) */
+    {"drop", 0, 0, 0},          /* unsynced bytes gone */
+    {"torn", 0, 13, 0},         /* a 13-byte prefix of them kept */
+    {"garble", 1, 0, 0},        /* all of them replaced by random bytes */
+    {"torn+garble", 1, 13, 0},  /* a prefix kept, the rest random */
+    {"kept", 0, UINT64_MAX, 0}, /* all of them reached the disk (names still undone) */
+    {"names-prefix", 0, 0, 1}, /* a prefix of the unsynced name changes persists */
 };
 
 /* Power loss right after every sync point of the workload, in every mode of
@@ -453,7 +455,8 @@ Test(faults, power_loss_at_every_sync_point, .timeout = 1800)
             cr_assert(vfs_fault_frozen(f), "sync point %ld reached", k);
             s4kv__abandon(db);
             vfs_crash how = {crash_modes[m].garble, crash_modes[m].torn,
-                             (uint64_t)k * 7919 + (uint64_t)m};
+                             (uint64_t)k * 7919 + (uint64_t)m,
+                             crash_modes[m].ns_prefix ? 1 + (size_t)(k % 3) : 0};
             vfs_crash_stats cs;
             vfs_fault_crash_ex(f, &how, &cs);
             sum.files_cut += cs.files_cut;
@@ -525,7 +528,7 @@ Test(faults, crash_model_undoes_unsynced_names_and_garbles_tails)
     cr_assert_eq(v->pwrite(v, fd, "0123456789", 10, 0), 10);
     cr_assert_eq(v->fdatasync(v, fd), 0);
     v->close(v, fd);
-    vfs_crash how = {1, 2, 42};
+    vfs_crash how = {1, 2, 42, 0};
     vfs_crash_stats cs;
     vfs_fault_crash_ex(f, &how, &cs);
     cr_assert_eq(cs.renames_undone, 1);
@@ -563,6 +566,20 @@ Test(faults, crash_model_undoes_unsynced_names_and_garbles_tails)
     free(x);
     cr_assert_neq(access(a, F_OK), 0);
     cr_assert_neq(access(c, F_OK), 0);
+    vfs_fault_free(f);
+
+    /* ns_keep: the oldest changes persist, the newer ones are undone. */
+    f = vfs_fault_new();
+    v = vfs_fault_vfs(f);
+    cr_assert_eq(v->unlink(v, b), 0);                         /* kept */
+    fd = v->open(v, d, O_RDWR | O_CREAT | O_TRUNC, 0644); /* undone */
+    cr_assert_geq(fd, 0);
+    v->close(v, fd);
+    vfs_crash keep1 = {0, 0, 1, 1};
+    vfs_fault_crash_ex(f, &keep1, &cs);
+    cr_assert_eq(cs.unlinks_undone + cs.creates_undone, 1);
+    cr_assert_neq(access(b, F_OK), 0, "the older unlink persisted");
+    cr_assert_neq(access(d, F_OK), 0, "the newer create was undone");
     vfs_fault_free(f);
     tu_rmtree_free(dir);
 }
