@@ -235,6 +235,9 @@ static void q_wait_head(s4kv_db *db, writer *w)
     else
         db->qhead = w;
     db->qtail = w;
+    db->qlen++;
+    if (db->gathering && db->qhead != w)
+        pthread_cond_signal(&db->qhead->cv);
     while (!w->done && db->qhead != w)
         pthread_cond_wait(&w->cv, &db->qmu);
     pthread_mutex_unlock(&db->qmu);
@@ -247,6 +250,7 @@ static void q_pop(s4kv_db *db, writer *self, writer *last, int rc, const char *m
     writer *w = db->qhead;
     for (;;) {
         writer *next = w->next;
+        db->qlen--;
         if (w != self) {
             w->rc = rc;
             if (rc && msg)
@@ -582,7 +586,9 @@ static int append_group(s4kv_db *db, writer *head, writer *last, char *err, size
                       ": %s", a->no, off, strerror((int)-wr));
     }
     if (db->opt.sync_mode == S4KV_SYNC_BATCH) {
+        uint64_t t0 = db_now_us();
         int rc = db->v->fdatasync(db->v, a->fd);
+        db->last_sync_us = db_now_us() - t0;
         if (rc != 0) {
             /* After a failed fsync the page cache cannot be trusted
              * (Linux may have dropped the dirty pages): refuse writes
@@ -622,6 +628,37 @@ static int append_group(s4kv_db *db, writer *head, writer *last, char *err, size
     return 0;
 }
 
+/*
+ * Gathering. Durable writers released together by one fdatasync come back
+ * one by one; the first to return would lead a group of one and the rest a
+ * group behind it, halving the batching. So when the last durable group had
+ * several writers and fewer are queued now, the leader waits for them, at
+ * most GATHER_MAX_US and never longer than the last fdatasync took (the
+ * wait must cost less than the fsync it saves). Caller holds qmu and is the
+ * head. The idea is RocksDB's adaptive write-thread wait (WriteThread's
+ * AwaitState), bounded here by the measured fsync time.
+ */
+#define GATHER_MAX_US 200
+
+static void gather(s4kv_db *db, writer *self)
+{
+    if (db->opt.sync_mode != S4KV_SYNC_BATCH || db->last_group < 2 || db->qlen >= db->last_group)
+        return;
+    uint64_t wait_us = db->last_sync_us < GATHER_MAX_US ? db->last_sync_us : GATHER_MAX_US;
+    if (wait_us == 0)
+        return;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t ns = (uint64_t)ts.tv_nsec + wait_us * 1000u;
+    ts.tv_sec += (time_t)(ns / 1000000000u);
+    ts.tv_nsec = (long)(ns % 1000000000u);
+    db->gathering = 1;
+    while (db->qlen < db->last_group)
+        if (pthread_cond_timedwait(&self->cv, &db->qmu, &ts) != 0)
+            break;
+    db->gathering = 0;
+}
+
 static int commit(s4kv_db *db, s4kv_batch *b, char *err, size_t errlen)
 {
     if (db->read_only)
@@ -636,12 +673,17 @@ static int commit(s4kv_db *db, s4kv_batch *b, char *err, size_t errlen)
     }
     /* Leader: take the queued batches behind us, up to a size bound. */
     pthread_mutex_lock(&db->qmu);
+    gather(db, &w);
     writer *last = &w;
     uint64_t total = b->len;
+    size_t n = 1;
     while (last->next && last->next->b && total + last->next->b->len <= GROUP_MAX_BYTES) {
         last = last->next;
         total += last->b->len;
+        n++;
     }
+    if (db->opt.sync_mode == S4KV_SYNC_BATCH)
+        db->last_group = n;
     pthread_mutex_unlock(&db->qmu);
     char msg[512] = "";
     int rc = append_group(db, &w, last, msg, sizeof msg);

@@ -135,6 +135,12 @@ struct s4kv_db {
     uint8_t *gbuf;         /* group commit buffer */
     size_t gcap;
     uint64_t unsynced;     /* bytes appended since the last fdatasync */
+    /* Group commit gathering (db.c commit): writers queued, the size of the
+     * last durable group, the last fdatasync's duration (us), and whether
+     * the head is waiting for its group to gather (enqueuers then wake it). */
+    size_t qlen, last_group;
+    uint64_t last_sync_us;
+    int gathering;
 
     void (*remote_free)(void *); /* frees remote_owned at close (sync/ remote opens) */
     void *remote_owned;
