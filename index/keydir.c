@@ -429,7 +429,11 @@ void keydir_prefetch(const keydir *kd, const void *key, size_t klen)
 {
     if (klen == 0 || klen > KEY_MAX || kd->cap == 0)
         return;
-    __builtin_prefetch(&kd->tab[home_of(key_hash(kd, key, klen), kd->cap)]);
+    uint32_t h = key_hash(kd, key, klen);
+    size_t w;
+    filt_bits(h, kd->fwords, &w);
+    __builtin_prefetch(&kd->tab[home_of(h, kd->cap)]);
+    __builtin_prefetch(&kd->filt[w]);
 }
 
 int keydir_get(const keydir *kd, const void *key, size_t klen, keydir_loc *loc)
