@@ -1096,6 +1096,7 @@ static void on_connection(uv_stream_t *ls, int status)
     if (!c)
         return;
     c->h = h;
+    c->op = OP_OTHER; /* a 503 for the connection limit is no GET */
     uv_tcp_init(h->loop, &c->tcp);
     c->tcp.data = c;
     c->handles = 1;

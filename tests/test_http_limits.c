@@ -404,6 +404,9 @@ Test(http_limits, connection_flood_gets_503_and_memory_stays_bounded, .timeout =
         if (fds[i] >= 0)
             close(fds[i]);
     cr_assert_eq(metric(s.port, "s4kv_http_connections_refused_total"), refused + more503);
+    /* refused connections are counted as such, not as requests of some op */
+    cr_assert_eq(metric(s.port, "s4kv_http_requests_total{op=\"get\"}"), 0);
+    cr_assert_eq(metric(s.port, "s4kv_http_requests_total{op=\"put\"}"), 20);
     /* this /metrics one, and the previous one if its close is not seen yet */
     cr_assert_leq(metric(s.port, "s4kv_http_connections"), 2);
     long long rss2 = rss_bytes(s.pid);
