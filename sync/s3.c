@@ -1,11 +1,34 @@
 /*
  * s3.c - the S3 client: requests signed with SigV4 (sync/sigv4.h) and sent
- * with libcurl, one at a time on pooled handles or many at once on a curl
- * multi handle (s3_run).
+ * with libcurl's multi interface driven by a libuv loop; a batch of
+ * transfers (s3_run) and each single request alike.
  *
- * Owns: the client (addressing, the pool of curl easy handles, statistics,
- * the retry budget), every single-request operation of s3.h, multipart
- * upload and the s3_run scheduler. Sources: Amazon S3 API Reference
+ * Owns: the client (addressing, the pools of curl easy and multi handles,
+ * statistics, the retry budget), every single-request operation of s3.h,
+ * multipart upload, the s3_run scheduler and its event-loop driver.
+ *
+ * The driver (the end of this file; see also s3_internal.h) follows
+ * libcurl's docs/examples/multi-uv.c and curl_multi_socket_action(3),
+ * CURLMOPT_SOCKETFUNCTION(3), CURLMOPT_TIMERFUNCTION(3): each batch takes a
+ * multi handle from the client's pool and a loop - the loop of an attached
+ * s3_loop when called from another thread (the batch is posted with
+ * uv_async_send and the caller waits on a condition variable), else a
+ * private uv_loop_t made for the call. curl names the sockets to watch
+ * (a uv_poll_t each, kept with curl_multi_assign, uv_close'd on
+ * CURL_POLL_REMOVE and freed in the close callback, so a reused fd number
+ * gets a fresh poll) and one timeout (one uv_timer_t: -1 stops it, 0 fires
+ * on the loop's next timer pass); poll events and the timer call
+ * curl_multi_socket_action, then finished transfers are collected with
+ * curl_multi_info_read and retried or completed by the same scheduler as
+ * before. curl's callbacks only arm uv handles and never call back into
+ * curl. A second uv_timer_t wakes retries when their backoff is over. When a
+ * batch ends its handles are closed; the multi goes back to the pool with
+ * its idle connections (or is dropped if curl still watched a socket).
+ * Upload bodies are hashed on the caller's thread before a batch starts, and
+ * GET_FILE targets are fdatasync'd and renamed after it, so an attached loop
+ * only moves bytes.
+ *
+ * Sources: Amazon S3 API Reference
  * (PutObject, GetObject and its Range header, HeadObject, DeleteObject,
  * DeleteObjects and its Content-MD5 requirement, ListObjectsV2,
  * CreateMultipartUpload, UploadPart, CompleteMultipartUpload - including its
@@ -1383,6 +1406,8 @@ struct runner {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int posted, finished;
+    int pdirty; /* progress to report on the caller's thread */
+    uint64_t pdone, ptotal;
 };
 
 static void job_fail(xjob *j, int rc, const char *msg)
@@ -1876,10 +1901,23 @@ static void abort_mpu(runner *R, xjob *j)
     }
 }
 
+/* Reports progress on the caller's thread (s3.h): a batch on an attached
+ * loop hands the numbers to its waiting caller (runner_exec), which calls the
+ * callback; reports in between are coalesced, the last one is never lost. */
 static void progress(runner *R)
 {
-    if (R->progress)
+    if (!R->progress)
+        return;
+    if (!R->posted) {
         R->progress(R->ctx, R->done_bytes, R->total_bytes);
+        return;
+    }
+    pthread_mutex_lock(&R->mu);
+    R->pdone = R->done_bytes;
+    R->ptotal = R->total_bytes;
+    R->pdirty = 1;
+    pthread_cond_signal(&R->cv);
+    pthread_mutex_unlock(&R->mu);
 }
 
 /* A request reached its final state (r->rc). Advances its job; frees r. */
@@ -2440,8 +2478,19 @@ static void runner_exec(runner *R)
         pthread_mutex_unlock(&x->mu);
         if (ok) {
             pthread_mutex_lock(&R->mu);
-            while (!R->finished)
+            for (;;) {
+                if (R->pdirty) {
+                    uint64_t d = R->pdone, t = R->ptotal;
+                    R->pdirty = 0;
+                    pthread_mutex_unlock(&R->mu);
+                    R->progress(R->ctx, d, t);
+                    pthread_mutex_lock(&R->mu);
+                    continue;
+                }
+                if (R->finished)
+                    break;
                 pthread_cond_wait(&R->cv, &R->mu);
+            }
             pthread_mutex_unlock(&R->mu);
         }
         pthread_cond_destroy(&R->cv);

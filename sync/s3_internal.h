@@ -99,8 +99,11 @@ int s3xml_escape_append(char **buf, size_t *len, size_t *cap, const char *s);
  * from within a batch, e.g. the HEAD that checks a lost
  * CompleteMultipartUpload) therefore runs on a private loop and blocks the
  * attached loop for its duration. Hashing of upload bodies happens on the
- * caller's thread before a batch is posted; the loop thread only moves bytes
- * (and reads the upload's files / writes GET_FILE targets). */
+ * caller's thread before a batch is posted, and GET_FILE targets are
+ * fdatasync'd and renamed there after it; the loop thread only moves bytes
+ * (reading the upload's files, writing GET_FILE temporaries). An s3_run
+ * progress callback is still called on the caller's thread (s3.h): the loop
+ * hands the numbers over, coalescing reports the caller has not yet taken. */
 
 /* A libuv loop that runs S3 batches for other threads. Opaque. */
 typedef struct s3_loop s3_loop;

@@ -162,6 +162,20 @@ static void loop_stop(lthread *L)
 
 /* ---- tests */
 
+typedef struct prog {
+    pthread_t want;
+    uint64_t calls, wrong_thread, done, total;
+} prog;
+
+static void on_progress(void *ctx, uint64_t done, uint64_t total)
+{
+    prog *p = ctx;
+    p->calls++;
+    p->wrong_thread += !pthread_equal(pthread_self(), p->want);
+    p->done = done;
+    p->total = total;
+}
+
 enum { NPAR = 64 };
 
 /* 64 PUTs (one of them multipart) then 64 GET_FILEs with max_parallel 16. */
@@ -266,11 +280,26 @@ Test(s3uv, attached_loop_runs_a_worker_threads_transfers_on_its_thread)
     s3_objects_free(objs, n);
     cr_expect_eq(s3_head(cl, "par/none", NULL, err, sizeof err), S4KV_ENOENT);
     cr_expect(strstr(err, "HEAD s3://bucket/par/none: HTTP 404"), "%s", err);
+    /* progress comes on the caller's thread (s3.h), the last report whole */
+    prog pg = {.want = pthread_self()};
+    s3_xfer px[8];
+    uint64_t sum = 0;
+    for (int i = 0; i < 8; i++) {
+        px[i] = (s3_xfer){.op = S3_XPUT_BUF, .key = "prog/k", .buf = v[i], .len = len[i]};
+        sum += len[i];
+    }
+    cr_assert_eq(s3_run(cl, px, 8, on_progress, &pg), 0, "%s", px[0].err);
+    cr_expect_gt(pg.calls, 1);
+    cr_expect_eq(pg.wrong_thread, 0, "%llu progress calls on another thread",
+                 (unsigned long long)pg.wrong_thread);
+    cr_expect(pg.done == sum && pg.total == sum, "last progress %llu of %llu, want %llu",
+              (unsigned long long)pg.done, (unsigned long long)pg.total,
+              (unsigned long long)sum);
     uint64_t ticks1 = L.ticks;
 
     s3_debug d;
     s3_client_debug(cl, &d);
-    cr_expect_eq(d.loop_batches, 2 + 4, "%llu batches on the loop",
+    cr_expect_eq(d.loop_batches, 2 + 4 + 1, "%llu batches on the loop",
                   (unsigned long long)d.loop_batches);
     cr_expect_eq(d.private_batches, 0);
     cr_expect_eq(d.multis_dropped, 0);
