@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #define GROUP_MAX_BYTES (4u << 20)
+#define REMOTE_READS 3 /* reads of a remote record before it is corrupt */
 
 struct writer {
     s4kv_batch *b;     /* NULL for an exclusive (maintenance) entry */
@@ -858,10 +859,28 @@ static int get_value(s4kv_db *db, const void *key, size_t klen, void *buf, size_
     if (s && s->fd >= 0) {
         rc = seg_read(db, s, loc.off, rec, loc.len, err, errlen);
         pthread_rwlock_unlock(&db->rw);
+        if (rc == 0 && (rc = check_record(rec, loc, key, klen, &r, err, errlen)) != 0) {
+            free(rec);
+            return rc; /* check_record's message names key, segment and offset */
+        }
     } else {
+        /* A remote record that fails its check may have been damaged in
+         * transit (S3 checks nothing on a ranged GET): read it again, up to
+         * REMOTE_READS times in all, before calling it corrupt. */
         segment copy = s ? *s : (segment){.no = loc.seg, .fd = -1};
         pthread_rwlock_unlock(&db->rw);
-        rc = seg_read(db, &copy, loc.off, rec, loc.len, err, errlen);
+        for (int attempt = 1;; attempt++) {
+            rc = seg_read(db, &copy, loc.off, rec, loc.len, err, errlen);
+            if (rc == 0)
+                rc = check_record(rec, loc, key, klen, &r, err, errlen);
+            if (rc != S4KV_ECORRUPT || attempt == REMOTE_READS)
+                break;
+            db_log(db, "%s (read %d of %d); reading it again", err, attempt, REMOTE_READS);
+        }
+        if (rc == S4KV_ECORRUPT) {
+            free(rec);
+            return rc; /* check_record's message names key, segment and offset */
+        }
     }
     if (rc) {
         char detail[512];
@@ -869,9 +888,7 @@ static int get_value(s4kv_db *db, const void *key, size_t klen, void *buf, size_
         free(rec);
         return seterr(err, errlen, rc, "key '%s': %s", key_str(key, klen, kb, sizeof kb), detail);
     }
-    rc = check_record(rec, loc, key, klen, &r, err, errlen);
-    if (rc == 0)
-        rc = emit_value(&r, buf, cap, out, vlen, key, klen, err, errlen);
+    rc = emit_value(&r, buf, cap, out, vlen, key, klen, err, errlen);
     free(rec);
     return rc;
 }
