@@ -1,0 +1,154 @@
+/*
+ * fuzz_http.c - libFuzzer target for the sync daemon's HTTP request path
+ * (sync/http.c: http-parser callbacks, routing, percent-decoding, the batch
+ * framing, the engine calls and the responses), through http_feed_for_test,
+ * which feeds bytes to one connection of a server with no socket and runs
+ * its pool jobs inline on a real database in a temporary directory.
+ *
+ * Input: the first byte picks how the rest arrives (bits 0-5: pieces of
+ * 1..63 bytes, 0 = all at once) and bit 6 whether the server wants the token
+ * "Bearer fuzz"; the rest is what a client sends on one connection. Checks:
+ * the output is a sequence of whole responses, each "HTTP/1.1 NNN" with a
+ * status the server documents, a Content-Length its body matches (or none
+ * for HEAD and 100 Continue), never 500 (the database is healthy), nothing
+ * after a "Connection: close" response, and as many as the seam counted.
+ * The database is recreated every 2,000 inputs so the disk stays small.
+ */
+#include "daemon.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+static uv_loop_t loop;
+static s4kv_db *db;
+static char dir[64];
+static unsigned runs;
+
+static void quiet(void *ctx, const char *line)
+{
+    (void)ctx;
+    (void)line;
+}
+
+static void rmdb(void)
+{
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    if (system(cmd) != 0)
+        abort();
+}
+
+static void opendb(void)
+{
+    s4kv_options o;
+    s4kv_options_init(&o);
+    o.sync_mode = S4KV_SYNC_NONE;
+    o.max_segment_bytes = 64 * 1024;
+    o.log = quiet;
+    char err[512];
+    if (s4kv_open(dir, &o, &db, err, sizeof err) != 0) {
+        fprintf(stderr, "fuzz_http: open %s: %s\n", dir, err);
+        abort();
+    }
+}
+
+static void cleanup(void)
+{
+    if (db)
+        s4kv_close(db);
+    db = NULL;
+    rmdb();
+}
+
+static int known_status(int st)
+{
+    static const int ok[] = {100, 200, 204, 400, 401, 404, 405, 408, 413, 431, 501, 503};
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++)
+        if (ok[i] == st)
+            return 1;
+    return 0;
+}
+
+static int starts_response(const char *p, size_t n)
+{
+    return n >= 9 && memcmp(p, "HTTP/1.1 ", 9) == 0;
+}
+
+/* Walks the output; aborts on anything malformed. Returns the number of
+ * final (non-100) responses. */
+static int check_output(const char *o, size_t n)
+{
+    size_t off = 0;
+    int count = 0, closed = 0;
+    while (off < n) {
+        if (closed || !starts_response(o + off, n - off))
+            abort();
+        const char *end = memmem(o + off, n - off, "\r\n\r\n", 4);
+        if (!end)
+            abort();
+        size_t hlen = (size_t)(end - (o + off)) + 4;
+        char head[2048];
+        if (hlen >= sizeof head)
+            abort();
+        memcpy(head, o + off, hlen);
+        head[hlen] = 0;
+        int st = atoi(head + 9);
+        if (!known_status(st))
+            abort();
+        off += hlen;
+        if (st == 100)
+            continue;
+        count++;
+        const char *cl = strcasestr(head, "\r\nContent-Length: ");
+        if (!cl)
+            abort();
+        size_t blen = strtoull(cl + 18, NULL, 10);
+        closed = strcasestr(head, "\r\nConnection: close\r\n") != NULL;
+        /* The body follows, unless this answered a HEAD (then the next
+         * response or the end follows at once). */
+        if (blen <= n - off &&
+            (off + blen == n || starts_response(o + off + blen, n - off - blen)))
+            off += blen;
+        else if (!(off == n || starts_response(o + off, n - off)))
+            abort();
+    }
+    return count;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    if (!db) {
+        uv_loop_init(&loop);
+        snprintf(dir, sizeof dir, "/tmp/s4kv-fuzz-http.%d", (int)getpid());
+        rmdb();
+        opendb();
+        atexit(cleanup);
+    }
+    if (++runs % 2000 == 0) {
+        s4kv_close(db);
+        rmdb();
+        opendb();
+    }
+    if (size < 1)
+        return 0;
+    http_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.max_body = 4096; /* small, so 413 and the chunked limit are reachable */
+    cfg.max_connections = 16;
+    cfg.idle_timeout_ms = 1000;
+    cfg.request_timeout_ms = 1000;
+    cfg.token = data[0] & 0x40 ? "fuzz" : NULL;
+    size_t chunk = data[0] & 0x3f;
+    sbuf out = {0};
+    int n = http_feed_for_test(&loop, db, &cfg, data + 1, size - 1, chunk, &out);
+    if (n < 0 || out.oom)
+        abort();
+    if (check_output(out.p, out.len) != n)
+        abort();
+    sb_free(&out);
+    return 0;
+}
