@@ -195,10 +195,12 @@ static void *big_calloc(size_t n)
 
 static uint64_t filt_bits(uint32_t h, size_t fwords, size_t *word)
 {
-    /* mix the folded hash (it also picks the home slot) into independent
-     * bits: the word from the high half, bit positions from the low half */
+    /* The word is picked like the home slot (fastrange of the folded hash),
+     * so a fill in hash order (checkpoint load) writes the filter front to
+     * back; the bit positions come from the low bits of a multiplicative
+     * mix, which the word's high bits do not determine. */
     uint64_t m = (uint64_t)h * 0x9E3779B97F4A7C15ull;
-    *word = (size_t)(((m >> 32) * fwords) >> 32);
+    *word = (size_t)(((uint64_t)h * fwords) >> 32);
     return (1ull << (m & 63)) | (1ull << ((m >> 6) & 63)) | (1ull << ((m >> 12) & 63));
 }
 
