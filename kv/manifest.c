@@ -295,7 +295,8 @@ int manifest_parse(const char *text, size_t size, const char *name, manifest *m,
             m->sealed_len[m->nseg++] = sl;
         } else if (strcmp(kw, "retired") == 0 && a1 && a2 && a3 && parse_u64(a2, &v) == 0) {
             uint64_t t = 0;
-            if (parse_u64(a3, &t) != 0 || strchr(a1, '/') || a1[0] == '.') {
+            /* t > INT64_MAX would come back negative from manifest_format */
+            if (parse_u64(a3, &t) != 0 || t > INT64_MAX || strchr(a1, '/') || a1[0] == '.') {
                 why = "bad retired line";
                 break;
             }

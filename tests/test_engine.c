@@ -808,13 +808,21 @@ Test(engine, files_are_not_readable_by_others)
  * cleanly (and, under ASan, without a leak). */
 Test(engine, manifest_fuzz_findings_rejected)
 {
-    const char *path = "fuzz/findings/fuzz_manifest-leak-duplicate-checkpoint-line";
-    size_t len;
-    char *text = (char *)tu_read_file(path, &len);
-    cr_assert_not_null(text, "missing %s (tests run from the repository root)", path);
-    manifest m;
-    char err[512] = "";
-    cr_assert_eq(manifest_parse(text, len, "finding", &m, err, sizeof err), S4KV_ECORRUPT);
-    cr_assert(strstr(err, "finding:"), "%s", err);
-    free(text);
+    static const char *const paths[] = {
+        "fuzz/findings/fuzz_manifest-leak-duplicate-checkpoint-line",
+        /* a retired time above INT64_MAX parsed, then formatted negative */
+        "fuzz/findings/fuzz_manifest-retired-time-above-int64",
+    };
+    for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++) {
+        const char *path = paths[i];
+        size_t len;
+        char *text = (char *)tu_read_file(path, &len);
+        cr_assert_not_null(text, "missing %s (tests run from the repository root)", path);
+        manifest m;
+        char err[512] = "";
+        cr_assert_eq(manifest_parse(text, len, "finding", &m, err, sizeof err), S4KV_ECORRUPT,
+                     "%s", path);
+        cr_assert(strstr(err, "finding:"), "%s", err);
+        free(text);
+    }
 }
