@@ -393,7 +393,7 @@ Test(s3uv, a_hundred_calls_leak_no_fd_or_handle)
     uint8_t buf[4096];
     fill(buf, sizeof buf, 1);
     s3_xfer x[4];
-    char key[4][16];
+    char key[4][32];
     for (int i = 0; i < 4; i++) {
         snprintf(key[i], sizeof key[i], "leak/%d", i);
         x[i] = (s3_xfer){.op = S3_XPUT_BUF, .key = key[i], .buf = buf, .len = sizeof buf};
