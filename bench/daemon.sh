@@ -32,6 +32,7 @@ DUR=${BENCH_DAEMON_SECONDS:-10}
 IDLE=${BENCH_DAEMON_IDLE:-60}
 OUT=${BENCH_DAEMON_OUT:-$root/bench/results/daemon}
 STEADY=${BENCH_DAEMON_STEADY:-30}
+load0=$(cut -d' ' -f1 /proc/loadavg)
 
 die() { echo "daemon.sh: $*" >&2; exit 1; }
 [ -x "$BIN" ] || die "$BIN is not built (run: make)"
@@ -187,11 +188,11 @@ stop_daemon || { echo "daemon.sh: the daemon did not stop cleanly" >&2; fail=1; 
 
 # ---- report
 cpus=$(nproc)
-fs=$(stat -f -c %T "$work")
+fs=$(df -T "$work" | awk 'NR == 2 { print $2 }')
 when=$(date -u +%Y-%m-%dT%H:%MZ)
 ms() { awk -v v="$1" 'BEGIN { printf "%.0f", v * 1000 }'; }
 md=$(
-    echo "## s4kv sync: HTTP and S3 ($when, $cpus CPUs, s3rver on loopback, wrk on the same machine)"
+    echo "## s4kv sync: HTTP and S3 ($when, $cpus CPUs, load average $load0 at the start, s3rver on loopback, wrk on the same machine)"
     echo
     echo "wrk runs of ${DUR} s; keep-alive; PUT = 100-byte value, default durability (fdatasync per"
     echo "acknowledged write, group commit; the database is on $fs); GET = hits on 10,000 keys."
@@ -205,13 +206,13 @@ md=$(
     echo "| upload lag p50 / p99 / max, steady load of $steady_rate PUT/s for ${STEADY} s | $(ms "$lag50") / $(ms "$lag99") / $(ms "$lagmax") ms ($uploads uploads) |"
     echo "| S3 requests per hour under that load | $load_rph |"
     echo "| S3 requests per hour idle (${IDLE} s measured) | $idle_rph ($idle requests) |"
-    echo "| compaction pause last / max after overwrites ($overwrite_rate PUT/s, 1,000 keys) | $(ms "$pause") / $(ms "$pausemax") ms ($compactions compaction(s); garbage ratio after $garbage) |"
+    echo "| compaction pause last / max after overwrites ($overwrite_rate PUT/s, 1,000 keys) | $(ms "$pause") / $(ms "$pausemax") ms ($compactions compaction(s); garbage ratio at the end $garbage) |"
 )
 echo "$md"
 mkdir -p "$(dirname "$OUT")"
 echo "$md" >"$OUT.md"
 {
-    echo "{\"when\":\"$when\",\"cpus\":$cpus,\"filesystem\":\"$fs\",\"wrk_seconds\":$DUR,\"http\":["
+    echo "{\"when\":\"$when\",\"cpus\":$cpus,\"loadavg_start\":$load0,\"filesystem\":\"$fs\",\"wrk_seconds\":$DUR,\"http\":["
     (IFS=,; echo "${json[*]}")
     echo "],\"steady_put_per_s\":$steady_rate,\"steady_errors\":$steady_bad,"
     echo "\"upload_lag_p50_s\":$lag50,\"upload_lag_p99_s\":$lag99,\"upload_lag_max_s\":$lagmax,\"uploads\":$uploads,"
