@@ -438,6 +438,23 @@ void keydir_prefetch(const keydir *kd, const void *key, size_t klen)
     __builtin_prefetch(&kd->filt[w]);
 }
 
+void keydir_prefetch_entry(const keydir *kd, const void *key, size_t klen)
+{
+    if (klen == 0 || klen > KEY_MAX || kd->cap == 0)
+        return;
+    uint32_t h = key_hash(kd, key, klen);
+    size_t i = home_of(h, kd->cap);
+    /* look at the home slot's cache line only: past it, leave it to probe */
+    for (size_t n = 0; n < 4 && kd->tab[i].ref != 0; n++) {
+        if (kd->tab[i].h == h) {
+            __builtin_prefetch(ent_at(kd, kd->tab[i].ref));
+            return;
+        }
+        if (++i == kd->cap)
+            i = 0;
+    }
+}
+
 int keydir_get(const keydir *kd, const void *key, size_t klen, keydir_loc *loc)
 {
     if (klen == 0 || klen > KEY_MAX)

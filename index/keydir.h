@@ -41,6 +41,10 @@ int keydir_get(const keydir *kd, const void *key, size_t klen, keydir_loc *loc);
  * slot, so a caller with many keys in hand (a batch) overlaps the cache
  * misses. No effect on contents. */
 void keydir_prefetch(const keydir *kd, const void *key, size_t klen);
+/* The second step for a key whose slot keydir_prefetch brought in a little
+ * earlier: prefetches the arena entry of the first slot from its home whose
+ * hash tag matches (the entry a replace or a get reads next). */
+void keydir_prefetch_entry(const keydir *kd, const void *key, size_t klen);
 
 /* Inserts or replaces. Returns 1 when it replaced an entry (*old, if non-NULL,
  * gets the previous location), 0 when the key is new, -1 when out of memory

@@ -499,16 +499,27 @@ int db_checkpoint_locked(s4kv_db *db, char *err, size_t errlen)
 
 static void apply_batch(s4kv_db *db, const s4kv_batch *b, segment *a, uint64_t base, int *oom)
 {
-    const uint8_t *p = b->buf + BATCH_HDR, *end = b->buf + b->len, *ahead = p;
+    /* Two prefetch streams: slots PREFETCH_AHEAD records ahead, and the
+     * arena entries those slots name half as far ahead (a replace compares
+     * the key there), so neither miss stalls the record being applied. */
+    const uint8_t *p = b->buf + BATCH_HDR, *end = b->buf + b->len, *ahead = p, *mid = p;
     uint64_t off = base + BATCH_HDR;
     for (int i = 0; i < PREFETCH_AHEAD && ahead < end; i++) {
         keydir_prefetch(db->kd, ahead + REC_HDR, get_u32(ahead + 20));
         ahead += REC_HDR + get_u32(ahead + 20) + get_u32(ahead + 24);
+        if (i >= PREFETCH_AHEAD / 2) {
+            keydir_prefetch_entry(db->kd, mid + REC_HDR, get_u32(mid + 20));
+            mid += REC_HDR + get_u32(mid + 20) + get_u32(mid + 24);
+        }
     }
     while (p < end) {
         if (ahead < end) {
             keydir_prefetch(db->kd, ahead + REC_HDR, get_u32(ahead + 20));
             ahead += REC_HDR + get_u32(ahead + 20) + get_u32(ahead + 24);
+        }
+        if (mid < end) {
+            keydir_prefetch_entry(db->kd, mid + REC_HDR, get_u32(mid + 20));
+            mid += REC_HDR + get_u32(mid + 20) + get_u32(mid + 24);
         }
         uint32_t klen = get_u32(p + 20);
         uint32_t len = REC_HDR + klen + get_u32(p + 24);
