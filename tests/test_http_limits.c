@@ -7,7 +7,9 @@
  * the 4 x max_body budget (503 past it, 413 past max_body, chunked too);
  * hundreds of pipelined requests answered in order; a client that never
  * reads its responses holds at most the write backlog of http.c (8 MiB), not
- * everything it asked for. (Bad percent-encoding and unknown routes are in
+ * everything it asked for; the bytes of the answers do not depend on how
+ * the request bytes are cut into reads (through the fuzz seam,
+ * http_feed_for_test). (Bad percent-encoding and unknown routes are in
  * test_daemon.c.)
  *
  * The server is the sync loop with the limits set small through
@@ -31,6 +33,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "daemon.h"
 #include "s4kv.h"
 #include "s3util.h"
 #include "util.h"
@@ -690,4 +693,87 @@ Test(http_limits, a_client_that_never_reads_holds_a_bounded_backlog, .timeout = 
     cr_assert_eq(metric(s.port, "s4kv_http_requests_total{op=\"get\"}"), gets0 + N);
     free(val);
     server_stop(&s);
+}
+
+/* ---- reads cut anywhere (the fuzz seam, fuzz/fuzz_http.c) */
+
+/* The responses to `in` fed in pieces of `chunk` bytes to a fresh database. */
+static char *feed_fresh(const char *in, size_t len, size_t chunk, int *nresp, size_t *outlen)
+{
+    char *dir = tu_tmpdir("http-seam");
+    s4kv_options o;
+    s4kv_options_init(&o);
+    o.sync_mode = S4KV_SYNC_NONE;
+    o.log = quiet;
+    s4kv_db *db;
+    char err[512];
+    cr_assert_eq(s4kv_open(dir, &o, &db, err, sizeof err), 0, "%s", err);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    http_config cfg = {.max_body = 4096, .max_connections = 16};
+    cfg.idle_timeout_ms = cfg.request_timeout_ms = 1000;
+    sbuf out = {0};
+    *nresp = http_feed_for_test(&loop, db, &cfg, in, len, chunk, &out);
+    uv_loop_close(&loop);
+    s4kv_close(db);
+    tu_rmtree_free(dir);
+    cr_assert(!out.oom);
+    *outlen = out.len;
+    return out.p;
+}
+
+Test(http_limits, answers_do_not_depend_on_how_reads_cut_the_requests)
+{
+    /* a batch: put k1=v1, put "k\0" 2 = "", delete k1 */
+    static const char batch[] = "\x01\x02\x00\x00\x00\x02\x00\x00\x00k1v1"
+                                "\x01\x03\x00\x00\x00\x00\x00\x00\x00k\x00" "2"
+                                "\x02\x02\x00\x00\x00\x00\x00\x00\x00k1";
+    char in[2048];
+    int n = snprintf(in, sizeof in,
+                     "PUT /v1/kv/a%%2Fb HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello"
+                     "GET /v1/kv/a%%2Fb HTTP/1.1\r\n\r\n"
+                     "HEAD /v1/kv/a%%2Fb HTTP/1.1\r\n\r\n"
+                     "\r\n" /* CRLF between requests is skipped */
+                     "PUT /v1/kv/c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     "5\r\nhello\r\n3\r\nabc\r\n0\r\n\r\n"
+                     "PUT /v1/kv/e HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\nxyz"
+                     "POST /v1/batch HTTP/1.1\r\nContent-Length: %zu\r\n\r\n",
+                     sizeof batch - 1);
+    memcpy(in + n, batch, sizeof batch - 1);
+    n += (int)(sizeof batch - 1);
+    n += snprintf(in + n, sizeof in - (size_t)n,
+                  "GET /v1/keys HTTP/1.1\r\n\r\n"
+                  "GET /v1/kv/a%%zz HTTP/1.1\r\n\r\n"
+                  "DELETE /v1/kv/a%%2Fb HTTP/1.1\r\n\r\n"
+                  "GET /v1/kv/c HTTP/1.1\r\nConnection: close\r\n\r\n"
+                  "GET /healthz HTTP/1.1\r\n\r\n"); /* after close: never answered */
+    int whole_n;
+    size_t whole_len;
+    char *whole = feed_fresh(in, (size_t)n, 0, &whole_n, &whole_len);
+    cr_assert_eq(whole_n, 10, "%d responses:\n%s", whole_n, whole);
+    static const char *const want[] = {
+        "HTTP/1.1 204 ", "HTTP/1.1 200 ", "HTTP/1.1 200 ", "HTTP/1.1 204 ",
+        "HTTP/1.1 100 ", "HTTP/1.1 204 ", "HTTP/1.1 204 ", "HTTP/1.1 200 ",
+        "HTTP/1.1 400 ", "HTTP/1.1 204 ", "HTTP/1.1 200 "};
+    const char *p = whole;
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        p = strstr(p, "HTTP/1.1 ");
+        cr_assert(p && strncmp(p, want[i], strlen(want[i])) == 0, "response %zu: want %s in\n%s",
+                  i, want[i], whole);
+        p++;
+    }
+    cr_assert_null(strstr(p, "HTTP/1.1 "), "a response after Connection: close:\n%s", whole);
+    cr_assert(strstr(whole, "\r\n\r\na/b\nc\ne\nk%002\n"), "keys:\n%s", whole);
+    cr_assert(strstr(whole, "Connection: close\r\n\r\nhelloabc"), "%s", whole);
+    static const size_t chunks[] = {1, 2, 3, 7, 64};
+    for (size_t i = 0; i < sizeof chunks / sizeof chunks[0]; i++) {
+        int cn;
+        size_t cl;
+        char *cut = feed_fresh(in, (size_t)n, chunks[i], &cn, &cl);
+        cr_assert(cn == whole_n && cl == whole_len && memcmp(cut, whole, cl) == 0,
+                  "in pieces of %zu bytes the answers differ:\n%s\n---- whole:\n%s", chunks[i],
+                  cut, whole);
+        free(cut);
+    }
+    free(whole);
 }
