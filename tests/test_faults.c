@@ -583,3 +583,51 @@ Test(faults, crash_model_undoes_unsynced_names_and_garbles_tails)
     vfs_fault_free(f);
     tu_rmtree_free(dir);
 }
+
+/* Power loss at every sync point of creating a database (s4kv_open on an
+ * empty directory), in the drop and kept modes: the reopen must give an
+ * empty, working database, or one with MANIFEST missing and nothing else
+ * left behind. Today it fails after the first segment's directory fsync and
+ * before MANIFEST is durable: create_new (kv/db.c) makes data_000001.s4kv
+ * durable first, and an open that finds segments but no MANIFEST refuses
+ * the directory for good ("holds segments but no MANIFEST"), although no
+ * write was ever acknowledged. Enable with the fix in kv/db.c (treat a lone
+ * header-only data_000001.s4kv without MANIFEST as an interrupted creation). */
+Test(faults, power_loss_while_creating_a_database, .disabled = 1)
+{
+    s4kv_options o = fopts();
+    o.sync_mode = S4KV_SYNC_BATCH;
+    char *dir = tu_tmpdir("create");
+    vfs_fault *f = vfs_fault_new();
+    s4kv_db *db = fopen_db(dir, &o, vfs_fault_vfs(f));
+    long total = vfs_fault_syncs(f);
+    s4kv_close(db);
+    vfs_fault_free(f);
+    tu_rmtree_free(dir);
+    cr_assert_gt(total, 1);
+    for (long k = 0; k < total; k++) {
+        for (int m = 0; m < 2; m++) {
+            dir = tu_tmpdir("create");
+            f = vfs_fault_new();
+            vfs_fault_power_cut(f, k);
+            char err[512] = "";
+            db = NULL;
+            int rc = s4kv__open_vfs(dir, &o, vfs_fault_vfs(f), NULL, &db, err, sizeof err);
+            if (rc == 0)
+                s4kv__abandon(db);
+            cr_assert(vfs_fault_frozen(f), "sync point %ld reached", k);
+            vfs_crash how = {0, m ? UINT64_MAX : 0, (uint64_t)k, 0};
+            vfs_fault_crash_ex(f, &how, NULL);
+            db = NULL;
+            rc = s4kv__open_vfs(dir, &o, vfs_posix(), NULL, &db, err, sizeof err);
+            cr_assert_eq(rc, 0, "power loss after sync point %ld of the creation: reopen: %s", k,
+                         err);
+            char out[16];
+            cr_assert_eq(getv(db, "x", out, sizeof out, err, sizeof err), S4KV_ENOTFOUND);
+            cr_assert_eq(s4kv_put(db, "x", 1, "1", 1, err, sizeof err), 0, "%s", err);
+            s4kv_close(db);
+            vfs_fault_free(f);
+            tu_rmtree_free(dir);
+        }
+    }
+}

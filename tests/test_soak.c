@@ -115,6 +115,21 @@ static void writer(const char *dir, int from, int fd)
     writer_s3(dir, from, fd, NULL, 0);
 }
 
+/* Creates the database before the first child: a kill inside the creating
+ * open (between data_000001.s4kv and MANIFEST) leaves a directory that
+ * s4kv_open refuses for good, a kv/db.c bug pinned by
+ * faults/power_loss_while_creating_a_database; these loops are about kills
+ * during writes, compactions and uploads, and must not depend on how fast
+ * the first open is (under ASan the first kill can land in it). */
+static void create_db(const char *dir)
+{
+    s4kv_options o = soak_opts();
+    s4kv_db *db;
+    char err[512] = "";
+    cr_assert_eq(s4kv_open(dir, &o, &db, err, sizeof err), 0, "create: %s", err);
+    s4kv_close(db);
+}
+
 /* 1 when the database holds exactly state val. */
 static int matches(s4kv_db *db, const int *val)
 {
@@ -145,6 +160,7 @@ Test(soak, sigkill_loop_against_an_oracle, .timeout = 3600)
     const char *e = getenv("S4KV_KILLS");
     int kills = e && atoi(e) > 0 ? atoi(e) : 40;
     char *dir = tu_tmpdir("soak");
+    create_db(dir);
     int acked_state[SK], next_state[SK];
     for (int k = 0; k < SK; k++)
         acked_state[k] = -1;
@@ -250,6 +266,7 @@ Test(soak, sigkill_loop_with_upload_against_an_oracle, .timeout = 3600)
     so.url = "s3://soak/kill/";
     so.log = quiet;
     char *dir = tu_tmpdir("soak-s3");
+    create_db(dir);
     int acked_state[SK], next_state[SK], remote[SK], probe[SK];
     for (int k = 0; k < SK; k++)
         acked_state[k] = -1;
