@@ -1449,17 +1449,35 @@ static void remove_orphans(s4kv_db *db)
     closedir(d);
 }
 
-static int has_segments(const char *dir)
+/* Whether dir holds segments a missing MANIFEST would leave unordered.
+ * create_new makes data_000001.s4kv durable before the first MANIFEST, so a
+ * crash between the two leaves that one file with at most its header and
+ * nothing acknowledged: an interrupted creation, which this removes (and
+ * logs) so the creation starts again, instead of refusing the directory. */
+static int has_segments(s4kv_db *db, const char *dir)
 {
     DIR *d = opendir(dir);
     if (!d)
         return 0;
     struct dirent *e;
-    int found = 0;
-    while (!found && (e = readdir(d)))
-        found = strncmp(e->d_name, "data_", 5) == 0;
+    int n = 0, first = 0;
+    while ((e = readdir(d))) {
+        if (strncmp(e->d_name, "data_", 5) != 0)
+            continue;
+        n++;
+        first |= strcmp(e->d_name, "data_000001.s4kv") == 0;
+    }
     closedir(d);
-    return found;
+    if (n != 1 || !first)
+        return n > 0;
+    char path[4096];
+    seg_path(db, 1, path, sizeof path);
+    struct stat st;
+    if (stat(path, &st) != 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_size > SEG_HDR)
+        return 1;
+    db_log(db, "%s: %lld bytes and no MANIFEST: a creation cut short; starting it again", path,
+           (long long)st.st_size);
+    return db->v->unlink(db->v, path) != 0;
 }
 
 static int create_new(s4kv_db *db, char *err, size_t errlen)
@@ -1616,7 +1634,7 @@ int s4kv__open_vfs(const char *dir, const s4kv_options *opt, vfs *v, keydir_hash
                 ; /* fetch_manifest's message names the remote location */
             else if (db->read_only || !opt->create_if_missing)
                 rc = seterr(err, errlen, S4KV_ENOENT, "no database at %s (no MANIFEST)", dir);
-            else if (has_segments(dir))
+            else if (has_segments(db, dir))
                 rc = seterr(err, errlen, S4KV_ECORRUPT,
                             "%s holds segments but no MANIFEST; refusing to guess their replay "
                             "order (restore MANIFEST, or move the data_* files away)", dir);
