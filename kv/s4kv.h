@@ -518,7 +518,9 @@ typedef struct s4kv_sync_metrics {
                                    uploads) */
     uint64_t compactions, compaction_failures;
     uint64_t compact_pause_last_ms, compact_pause_max_ms; /* longest stall of a reader or
-                                   writer in the last / any compaction */
+                                   writer in the last / any compaction (rounded up) */
+    uint64_t compact_duration_last_ms; /* the last compaction's whole duration (it runs
+                                   beside reads and writes) */
     uint64_t garbage_bytes, segment_bytes; /* as of the last tick */
     uint64_t http_requests;     /* requests answered */
     uint64_t http_connections;  /* open now */
