@@ -2032,7 +2032,8 @@ static CURLM *multi_get(s3_client *cl)
     curl_multi_setopt(m, CURLMOPT_TIMERFUNCTION, timer_cb);
     /* keep a batch's connections for the next batch (the default keeps 4 per
      * easy handle added, and a batch of one has one) */
-    curl_multi_setopt(m, CURLMOPT_MAXCONNECTS, (long)(cl->cfg.max_parallel > 4 ? cl->cfg.max_parallel : 4));
+    long keep = cl->cfg.max_parallel > 4 ? cl->cfg.max_parallel : 4;
+    curl_multi_setopt(m, CURLMOPT_MAXCONNECTS, keep);
     return m;
 }
 
