@@ -50,7 +50,7 @@ CLI_LIBOBJ := $(filter-out $(B)/obj/tools/s4kv.o,$(CLI_OBJ))
 TEST_OBJ := $(TEST_SRC:%.c=$(B)/obj/%.o)
 BENCH_OBJ := $(BENCH_SRC:%.c=$(B)/obj/%.o)
 
-.PHONY: all deps test-deps test soak demo bench bench-deps bench-s3 install clean
+.PHONY: all deps test-deps test soak demo bench bench-deps bench-s3 bench-daemon install clean
 
 all: $(B)/libs4kv.a $(B)/libs4kv.so $(B)/s4kv $(B)/s4kv-demo $(B)/s4kv.pc $(FAULTPROXY)
 
@@ -121,12 +121,25 @@ test: test-deps
 		LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp $(B)/s4kv-test --jobs 2
 
 # Long reliability runs (minutes): the SIGKILL loop against its oracle with
-# 1,000 kills (make test runs 40). SOAK_KILLS overrides the count.
+# 1,000 kills (make test runs 40), the kill loop with upload to S3 with 200
+# (make test: 15), the fault-proxy sweep with 240 runs (make test: 24) and the
+# power-loss sweep over a 300-batch workload (make test: 60), and SIGKILL of
+# the sync daemon with 200 kills (make test: 10).
 SOAK_KILLS ?= 1000
+SOAK_UPLOAD_KILLS ?= 200
+SOAK_SWEEP_RUNS ?= 240
+SOAK_POWER_STEPS ?= 300
+SOAK_DAEMON_KILLS ?= 200
 soak: test-deps
 	$(MAKE) --no-print-directory all $(B)/s4kv-test SAN=$(SAN)
-	S4KV_BIN=$(CURDIR)/$(B)/s4kv S4KV_KILLS=$(SOAK_KILLS) \
+	S4KV_BIN=$(CURDIR)/$(B)/s4kv S4KV_KILLS=$(SOAK_KILLS) S4KV_UPLOAD_KILLS=$(SOAK_UPLOAD_KILLS) \
 		LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp $(B)/s4kv-test --verbose --filter 'soak/*'
+	S4KV_BIN=$(CURDIR)/$(B)/s4kv S4KV_SWEEP_RUNS=$(SOAK_SWEEP_RUNS) \
+		LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp $(B)/s4kv-test --verbose --filter 'faultsweep/*'
+	S4KV_BIN=$(CURDIR)/$(B)/s4kv S4KV_POWER_STEPS=$(SOAK_POWER_STEPS) \
+		LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp $(B)/s4kv-test --verbose --filter 'faults/power*'
+	S4KV_BIN=$(CURDIR)/$(B)/s4kv S4KV_DAEMON_KILLS=$(SOAK_DAEMON_KILLS) \
+		LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp $(B)/s4kv-test --verbose --filter 'daemon_kill/*'
 
 demo: test-deps
 	$(MAKE) --no-print-directory all SAN=$(SAN)
@@ -159,6 +172,12 @@ bench-s3: test-deps bench-deps
 	bench/with-s3rver.sh $(B)/s4kv-bench --only remoteget,curlget,upload,download,s4db \
 		--s3-url s3://s4kv-bench/run/ --out bench/results/s3 $(BENCH_ARGS)
 
+# The sync daemon over HTTP (wrk, installed when missing) and its S3 traffic
+# against s3rver, about 3 minutes: bench/results/daemon.{md,json}.
+bench-daemon: test-deps
+	$(MAKE) --no-print-directory all SAN=$(SAN)
+	bench/daemon.sh $(CURDIR)/$(B)/s4kv
+
 install: all
 	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/bin
 	install -m 0644 kv/s4kv.h $(DESTDIR)$(PREFIX)/include/
@@ -173,12 +192,14 @@ clean:
 
 # ---- Fuzzing (libFuzzer; the targets are fuzz/fuzz_*.c). `make fuzz` builds every target
 # in fuzz/ with clang -fsanitize=fuzzer,address,undefined against the library
-# sources and runs each for FUZZ_SECONDS on its seed corpus (fuzz/corpus/T,
+# sources and runs each for FUZZ_RUNS executions (10 million, issue 6) or
+# FUZZ_SECONDS, whichever comes first, on its seed corpus (fuzz/corpus/T,
 # copied to build-fuzz/corpus/T so the seeds in git stay small); crashes
 # land in build-fuzz/crashes/T/. FUZZ_TARGETS picks some; `make fuzz-deps`
 # installs clang's fuzzer runtime (as root).
 FUZZ_CC ?= clang
-FUZZ_SECONDS ?= 60
+FUZZ_RUNS ?= 10000000
+FUZZ_SECONDS ?= 3600
 FUZZ_B := build-fuzz
 FUZZ_SAN := -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 FUZZ_CFLAGS = -std=c11 -D_GNU_SOURCE -O1 -g -Ikv -Iindex -Isync -Itools $(FUZZ_SAN) $(PKG_CFLAGS)
@@ -213,8 +234,8 @@ fuzz: fuzz-build
 	@fail=0; for t in $(FUZZ_TARGETS); do \
 		mkdir -p $(FUZZ_B)/corpus/$$t $(FUZZ_B)/crashes/$$t; \
 		[ -d fuzz/corpus/$$t ] && cp -n fuzz/corpus/$$t/* $(FUZZ_B)/corpus/$$t/ 2>/dev/null; \
-		echo "== $$t ($(FUZZ_SECONDS) s)"; \
-		$(FUZZ_B)/$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -max_len=65536 \
+		echo "== $$t ($(FUZZ_RUNS) runs, at most $(FUZZ_SECONDS) s)"; \
+		$(FUZZ_B)/$$t -runs=$(FUZZ_RUNS) -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -max_len=65536 \
 			-artifact_prefix=$(FUZZ_B)/crashes/$$t/ $(FUZZ_B)/corpus/$$t \
 			> $(FUZZ_B)/$$t.log 2>&1; rc=$$?; \
 		grep -E '^stat::number_of_executed_units|^stat::peak_rss_mb' $(FUZZ_B)/$$t.log | \

@@ -1520,9 +1520,52 @@ static int fetch_manifest(s4kv_db *db, manifest *m, char *err, size_t errlen)
     return rc;
 }
 
+/* Copies remote segment s into the temporary file fd and checks the copy:
+ * its header, and whole checksum-valid batches up to exactly s->size. 0,
+ * S4KV_ECORRUPT (the copy is damaged), or the read or write error. */
+static int localize_one(s4kv_db *db, const segment *s, int fd, char *err, size_t errlen)
+{
+    uint64_t chunk = 16u << 20;
+    uint8_t *buf = malloc(chunk);
+    int rc = buf ? 0 : seterr(err, errlen, S4KV_ENOMEM, "out of memory");
+    for (uint64_t off = 0; rc == 0 && off < s->size; off += chunk) {
+        size_t n = (size_t)(s->size - off < chunk ? s->size - off : chunk);
+        rc = seg_read(db, s, off, buf, n, err, errlen);
+        if (rc == 0 && off == 0) {
+            const char *why = NULL;
+            if (n < SEG_HDR || seg_hdr_check(buf, s->no, &why) != 0)
+                rc = seterr(err, errlen, S4KV_ECORRUPT, "copy of remote data_%06u.s4kv: header: %s",
+                            s->no, why ? why : "short");
+        }
+        if (rc == 0) {
+            ssize_t w = db->v->pwrite(db->v, fd, buf, n, off);
+            if (w < 0)
+                rc = seterr(err, errlen, errno_code((int)w), "write temporary copy: %s",
+                            strerror((int)-w));
+        }
+    }
+    free(buf);
+    if (rc)
+        return rc;
+    segment copy = *s;
+    copy.fd = fd;
+    copy.map = NULL;
+    copy.maplen = 0;
+    scan_result res;
+    rc = seg_scan(db, &copy, SEG_HDR, 1, NULL, NULL, NULL, &res, err, errlen);
+    if (rc == 0 && (res.bad || res.torn || res.end != s->size))
+        rc = seterr(err, errlen, S4KV_ECORRUPT,
+                    "copy of remote data_%06u.s4kv: not whole checksum-valid batches up to "
+                    "its committed length %" PRIu64 " (damaged from offset %" PRIu64 ")",
+                    s->no, s->size, res.end);
+    return rc;
+}
+
 /* Copies every segment that is only remote into an unlinked local temporary
  * file (whole-segment ranged reads), so bulk reads do not cost one request
- * per record. Readers switch to the local copy under the write lock. */
+ * per record. Each copy is checked (header and every batch checksum) and
+ * fetched again, up to REMOTE_READS times in all, when damaged in transit.
+ * Readers switch to the local copy under the write lock. */
 int db_localize(s4kv_db *db, char *err, size_t errlen)
 {
     const char *tmp = getenv("TMPDIR");
@@ -1536,20 +1579,13 @@ int db_localize(s4kv_db *db, char *err, size_t errlen)
         if (fd < 0)
             return seterr(err, errlen, errno_code(fd), "create a temporary file in %s: %s", tmp,
                           strerror(-fd));
-        uint64_t chunk = 16u << 20;
-        uint8_t *buf = malloc(chunk);
-        int rc = buf ? 0 : seterr(err, errlen, S4KV_ENOMEM, "out of memory");
-        for (uint64_t off = 0; rc == 0 && off < s->size; off += chunk) {
-            size_t n = (size_t)(s->size - off < chunk ? s->size - off : chunk);
-            rc = seg_read(db, s, off, buf, n, err, errlen);
-            if (rc == 0) {
-                ssize_t w = db->v->pwrite(db->v, fd, buf, n, off);
-                if (w < 0)
-                    rc = seterr(err, errlen, errno_code((int)w), "write temporary copy: %s",
-                                strerror((int)-w));
-            }
+        int rc;
+        for (int attempt = 1;; attempt++) {
+            rc = localize_one(db, s, fd, err, errlen);
+            if (rc != S4KV_ECORRUPT || attempt == REMOTE_READS)
+                break;
+            db_log(db, "%s (copy %d of %d); fetching it again", err, attempt, REMOTE_READS);
         }
-        free(buf);
         if (rc) {
             db->v->close(db->v, fd);
             return rc;

@@ -125,7 +125,10 @@ int seg_scan(s4kv_db *db, const segment *s, uint64_t start, int search_past_bad,
              size_t errlen)
 {
     memset(res, 0, sizeof *res);
-    window w = {.db = db, .s = s, .cap = WIN_MIN, .size = s->size};
+    /* the window grows on demand (win_get): a small segment gets a small one */
+    uint64_t want = s->size > start ? s->size - start : 0;
+    window w = {.db = db, .s = s, .cap = want < WIN_MIN ? (size_t)want + 64 : WIN_MIN,
+                .size = s->size};
     w.buf = malloc(w.cap);
     if (!w.buf)
         return seterr(err, errlen, S4KV_ENOMEM, "out of memory reading segment %u", s->no);

@@ -51,6 +51,8 @@ void s4kv_s3_options_init(s4kv_s3_options *o)
 
 /* ---- Shared plumbing */
 
+#define DOWNLOAD_TRIES 3 /* downloads of an object that fails its checks */
+
 typedef struct remote {
     s3_config cfg;
     s3_client *cl;
@@ -287,10 +289,13 @@ static int upload_on(remote *r, s4kv_db *db, s4kv_s3_report *rep, char *err, siz
     int have_old = 0;
 
     rc = remote_manifest(r, &old, err, errlen);
-    if (rc == 0)
+    if (rc == 0) {
         have_old = 1;
-    else if (rc == S4KV_ENOENT)
-        rc = 0;
+    } else if (rc == S4KV_ENOENT) {
+        rc = 0; /* a first upload: not an error, and no message left behind */
+        if (err && errlen)
+            err[0] = 0;
+    }
     if (rc == 0)
         rc = db_snapshot(db, upload_ckpt_after(db), &snap, err, errlen);
     if (rc == 0 && have_old && old.id != snap.id)
@@ -708,13 +713,32 @@ int s4kv_download(const char *dir, const s4kv_s3_options *o, s4kv_s3_report *rep
         file_size(paths[i], &size);
         rep->bytes_downloaded += size;
         rep->objects_downloaded++;
-        if (segnos[i] && size > want[i] && truncate(paths[i], (off_t)want[i]) != 0)
-            rc = seterr(err, errlen, S4KV_EIO, "truncate %s: %s", paths[i], strerror(errno));
-        if (rc == 0 && local_ok(paths[i], keys[i], segnos[i], segnos[i] ? want[i] : size) != 0)
-            rc = seterr(err, errlen, S4KV_ECORRUPT,
-                        "s3://%s/%s: the downloaded object fails its checksums or is shorter "
-                        "than the %" PRIu64 " bytes the manifest names", r.bucket, keys[i],
-                        want[i]);
+        /* An object damaged in transit (S3 checks nothing on the way) is
+         * fetched again, DOWNLOAD_TRIES times in all, before it is corrupt. */
+        for (int attempt = 1; rc == 0; attempt++) {
+            if (segnos[i] && size > want[i] && truncate(paths[i], (off_t)want[i]) != 0) {
+                rc = seterr(err, errlen, S4KV_EIO, "truncate %s: %s", paths[i], strerror(errno));
+                break;
+            }
+            if (local_ok(paths[i], keys[i], segnos[i], segnos[i] ? want[i] : size) == 0)
+                break;
+            if (attempt == DOWNLOAD_TRIES) {
+                rc = seterr(err, errlen, S4KV_ECORRUPT,
+                            "s3://%s/%s: the downloaded object fails its checksums or is "
+                            "shorter than the %" PRIu64 " bytes the manifest names (%d "
+                            "downloads)", r.bucket, keys[i], want[i], attempt);
+                break;
+            }
+            rlog(r.o, "download: s3://%s/%s fails its checksums; fetching it again (%d of %d)",
+                 r.bucket, keys[i], attempt + 1, DOWNLOAD_TRIES);
+            s3_xfer again = x[i];
+            again.rc = 0;
+            again.err[0] = 0;
+            rc = run_xfers(&r, &again, 1, "download", err, errlen);
+            size = 0;
+            file_size(paths[i], &size);
+            rep->bytes_downloaded += size;
+        }
     }
     /* The local MANIFEST last (commit point), then drop files it does not name. */
     if (rc == 0) {
