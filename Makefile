@@ -206,6 +206,9 @@ FUZZ_CFLAGS = -std=c11 -D_GNU_SOURCE -O1 -g -Ikv -Iindex -Isync -Itools $(FUZZ_S
 FUZZ_ALL := $(patsubst fuzz/%.c,%,$(wildcard fuzz/fuzz_*.c))
 FUZZ_TARGETS ?= $(FUZZ_ALL)
 FUZZ_LIBOBJ := $(patsubst %.c,$(FUZZ_B)/obj/%.o,$(LIB_SRC) tools/format.c)
+# keep the objects: make would delete them as intermediates and rebuild all
+# of them for the next target (and two `make fuzz` at once would race)
+.SECONDARY: $(FUZZ_LIBOBJ) $(patsubst %,$(FUZZ_B)/obj/fuzz/%.o,$(FUZZ_ALL))
 
 .PHONY: fuzz fuzz-build fuzz-deps
 
