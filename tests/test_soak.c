@@ -155,13 +155,47 @@ static int matches(s4kv_db *db, const int *val)
     return 1;
 }
 
+/* After kill t: takes the acknowledgements the child wrote to fd rfd into
+ * acked / acked_state, reopens dir and checks it against the oracle (the
+ * acknowledged state, or that plus the batch in flight) and verify. A
+ * durable in-flight batch joins the stream (*in_flight counts them). */
+static void check_local(const char *dir, int rfd, int t, int *acked, int *acked_state,
+                        long *in_flight)
+{
+    int b, next_state[SK];
+    while (read(rfd, &b, sizeof b) == sizeof b) {
+        cr_assert_eq(b, *acked + 1, "acknowledgements out of order");
+        model_apply(acked_state, b);
+        *acked = b;
+    }
+    close(rfd);
+    memcpy(next_state, acked_state, sizeof next_state);
+    model_apply(next_state, *acked + 1);
+    s4kv_options o = soak_opts();
+    s4kv_db *db;
+    char err[512] = "";
+    cr_assert_eq(s4kv_open(dir, &o, &db, err, sizeof err), 0, "kill %d: reopen: %s", t, err);
+    int a = matches(db, acked_state), n = matches(db, next_state);
+    cr_assert(a || n, "kill %d after batch %d: the database is neither the acknowledged "
+                      "state nor that plus the batch in flight", t, *acked);
+    s4kv_verify_report vr;
+    cr_assert_eq(s4kv_verify(db, &vr, err, sizeof err), 0, "kill %d: verify: %s", t, err);
+    s4kv_close(db);
+    if (!a) {
+        /* the in-flight batch is durable: it is now part of the stream */
+        memcpy(acked_state, next_state, SK * sizeof *acked_state);
+        (*acked)++;
+        (*in_flight)++;
+    }
+}
+
 Test(soak, sigkill_loop_against_an_oracle, .timeout = 3600)
 {
     const char *e = getenv("S4KV_KILLS");
     int kills = e && atoi(e) > 0 ? atoi(e) : 40;
     char *dir = tu_tmpdir("soak");
     create_db(dir);
-    int acked_state[SK], next_state[SK];
+    int acked_state[SK];
     for (int k = 0; k < SK; k++)
         acked_state[k] = -1;
     int acked = -1; /* last batch known acknowledged */
@@ -183,32 +217,7 @@ Test(soak, sigkill_loop_against_an_oracle, .timeout = 3600)
         waitpid(pid, &st, 0);
         cr_assert(WIFSIGNALED(st), "kill %d: the writer exited on its own (status %d)", t,
                   WEXITSTATUS(st));
-        int b;
-        while (read(p[0], &b, sizeof b) == sizeof b) {
-            cr_assert_eq(b, acked + 1, "acknowledgements out of order");
-            model_apply(acked_state, b);
-            acked = b;
-        }
-        close(p[0]);
-        /* The oracle: the acknowledged state, or the next batch applied too. */
-        memcpy(next_state, acked_state, sizeof next_state);
-        model_apply(next_state, acked + 1);
-        s4kv_options o = soak_opts();
-        s4kv_db *db;
-        char err[512] = "";
-        cr_assert_eq(s4kv_open(dir, &o, &db, err, sizeof err), 0, "kill %d: reopen: %s", t, err);
-        int a = matches(db, acked_state), n = matches(db, next_state);
-        cr_assert(a || n, "kill %d after batch %d: the database is neither the acknowledged "
-                          "state nor that plus the batch in flight", t, acked);
-        s4kv_verify_report vr;
-        cr_assert_eq(s4kv_verify(db, &vr, err, sizeof err), 0, "kill %d: verify: %s", t, err);
-        s4kv_close(db);
-        if (!a) {
-            /* the in-flight batch is durable: it is now part of the stream */
-            memcpy(acked_state, next_state, sizeof acked_state);
-            acked++;
-            in_flight_applied++;
-        }
+        check_local(dir, p[0], t, &acked, acked_state, &in_flight_applied);
     }
     cr_log_info("kill loop: %d SIGKILLs, %d batches acknowledged, %ld in-flight batches found "
                 "durable, 0 violations", kills, acked + 1, in_flight_applied);
@@ -267,7 +276,7 @@ Test(soak, sigkill_loop_with_upload_against_an_oracle, .timeout = 3600)
     so.log = quiet;
     char *dir = tu_tmpdir("soak-s3");
     create_db(dir);
-    int acked_state[SK], next_state[SK], remote[SK], probe[SK];
+    int acked_state[SK], remote[SK], probe[SK];
     for (int k = 0; k < SK; k++)
         acked_state[k] = -1;
     int acked = -1, remote_b = -1; /* remote_b: the batch the remote state was after */
@@ -292,32 +301,11 @@ Test(soak, sigkill_loop_with_upload_against_an_oracle, .timeout = 3600)
         /* s3rver may still be writing the body of a PUT the child sent. */
         for (int w = 0; w < 500 && tu_proxy_stat(&px, "inflight") > 0; w++)
             tu_sleep_ms(10);
-        int b;
-        while (read(p[0], &b, sizeof b) == sizeof b) {
-            cr_assert_eq(b, acked + 1, "acknowledgements out of order");
-            model_apply(acked_state, b);
-            acked = b;
-        }
-        close(p[0]);
-        memcpy(next_state, acked_state, sizeof next_state);
-        model_apply(next_state, acked + 1);
         /* The local oracle, as in the loop without upload. */
-        s4kv_options o = soak_opts();
-        s4kv_db *db;
-        char err[512] = "";
-        cr_assert_eq(s4kv_open(dir, &o, &db, err, sizeof err), 0, "kill %d: reopen: %s", t, err);
-        int a = matches(db, acked_state), n = matches(db, next_state);
-        cr_assert(a || n, "kill %d after batch %d: the database is neither the acknowledged "
-                          "state nor that plus the batch in flight", t, acked);
-        s4kv_verify_report vr;
-        cr_assert_eq(s4kv_verify(db, &vr, err, sizeof err), 0, "kill %d: verify: %s", t, err);
-        s4kv_close(db);
-        if (!a) {
-            memcpy(acked_state, next_state, sizeof acked_state);
-            acked++;
-            in_flight_applied++;
-        }
+        check_local(dir, p[0], t, &acked, acked_state, &in_flight_applied);
         /* The remote oracle: a fresh reader of the prefix. */
+        char err[512] = "";
+        s4kv_verify_report vr;
         s4kv_options ro = soak_opts();
         s4kv_db *rdb = NULL;
         int rc = s4kv_open_s3(NULL, &ro, &so, &rdb, err, sizeof err);
