@@ -267,29 +267,44 @@ Test(faultsweep, upload_download_converge_or_fail_cleanly, .timeout = 7200)
     tu_s3_stop(&s3);
 }
 
+/* A source database uploaded to s3://bucket (url), and a remote-only reader
+ * of it whose requests go through a fault proxy with the given faults. */
+static s4kv_db *corrupting_reader(tu_s3 *s3, const char *bucket, const char *url,
+                                  const char *faults, char **srcdir, s4kv_db **src,
+                                  tu_proxy *px, s4kv_s3_options *so, s4kv_options *ro)
+{
+    char tag[64], err[1024] = "";
+    tu_s3_start(s3, bucket);
+    snprintf(tag, sizeof tag, "%s-src", bucket);
+    *srcdir = tu_tmpdir(tag);
+    *src = make_source(*srcdir);
+    s4kv_s3_options_init(so);
+    so->url = url;
+    so->log = quiet;
+    cr_assert_eq(s4kv_upload(*src, so, NULL, err, sizeof err), 0, "%s", err);
+    tu_proxy_start(px, s3->port, faults);
+    so->endpoint = px->endpoint;
+    s4kv_options_init(ro);
+    ro->log = quiet;
+    s4kv_db *rdb;
+    cr_assert_eq(s4kv_open_s3(NULL, ro, so, &rdb, err, sizeof err), 0, "%s", err);
+    return rdb;
+}
+
 /* A remote-only reader whose ranged GETs of segments come back with a
  * flipped bit (30% of them): a get returns the right value or an error
  * naming the key, never other bytes. */
 Test(faultsweep, corrupted_ranged_get_never_returned, .timeout = 300)
 {
     tu_s3 s3;
-    tu_s3_start(&s3, "rget");
-    char *srcdir = tu_tmpdir("rget-src");
-    s4kv_db *src = make_source(srcdir);
-    s4kv_s3_options so;
-    s4kv_s3_options_init(&so);
-    so.url = "s3://rget/db/";
-    so.log = quiet;
-    char err[1024] = "";
-    cr_assert_eq(s4kv_upload(src, &so, NULL, err, sizeof err), 0, "%s", err);
+    char *srcdir;
+    s4kv_db *src;
     tu_proxy px;
-    tu_proxy_start(&px, s3.port, "rate=0.3,kinds=corrupt,methods=GET,match=data_,seed=5");
-    so.endpoint = px.endpoint;
+    s4kv_s3_options so;
     s4kv_options ro;
-    s4kv_options_init(&ro);
-    ro.log = quiet;
-    s4kv_db *rdb;
-    cr_assert_eq(s4kv_open_s3(NULL, &ro, &so, &rdb, err, sizeof err), 0, "%s", err);
+    char err[1024] = "";
+    s4kv_db *rdb = corrupting_reader(&s3, "rget", "s3://rget/db/", "rate=0.3,kinds=corrupt,methods=GET,match=data_,seed=5", &srcdir, &src, &px, &so,
+                                     &ro);
     int good = 0, detected = 0;
     for (int i = 0; i < 300; i++) {
         char k[32];
@@ -374,23 +389,14 @@ Test(faultsweep, corrupted_ranged_get_never_returned, .timeout = 300)
 Test(faultsweep, corrupted_ranged_get_is_retried, .timeout = 300)
 {
     tu_s3 s3;
-    tu_s3_start(&s3, "rretry");
-    char *srcdir = tu_tmpdir("rretry-src");
-    s4kv_db *src = make_source(srcdir);
-    s4kv_s3_options so;
-    s4kv_s3_options_init(&so);
-    so.url = "s3://rretry/db/";
-    so.log = quiet;
-    char err[1024] = "";
-    cr_assert_eq(s4kv_upload(src, &so, NULL, err, sizeof err), 0, "%s", err);
+    char *srcdir;
+    s4kv_db *src;
     tu_proxy px;
-    tu_proxy_start(&px, s3.port, "rate=0.1,kinds=corrupt,methods=GET,match=data_,seed=9");
-    so.endpoint = px.endpoint;
+    s4kv_s3_options so;
     s4kv_options ro;
-    s4kv_options_init(&ro);
-    ro.log = quiet;
-    s4kv_db *rdb;
-    cr_assert_eq(s4kv_open_s3(NULL, &ro, &so, &rdb, err, sizeof err), 0, "%s", err);
+    char err[1024] = "";
+    s4kv_db *rdb = corrupting_reader(&s3, "rretry", "s3://rretry/db/", "rate=0.1,kinds=corrupt,methods=GET,match=data_,seed=9", &srcdir, &src, &px, &so,
+                                     &ro);
     for (int i = 1; i < 300; i += 7) { /* i % 7 != 0: present keys */
         char k[32];
         snprintf(k, sizeof k, "k%05d", i);
