@@ -20,6 +20,7 @@
  *   (printed first when S4KV_TEST_VERBOSE is set).
  */
 #include "s3util.h"
+#include "s4kv.h"
 
 #include <criterion/criterion.h>
 #include <arpa/inet.h>
@@ -541,4 +542,22 @@ long tu_proxy_stat(const tu_proxy *p, const char *name)
             return strtol(line + nl + 1, NULL, 10);
     cr_assert_fail("proxy stats lack %s: %s", name, body + 4);
     return -1;
+}
+
+s4kv_db *tu_remote_reader(const char *url, const char *endpoint,
+                          void (*log)(void *ctx, const char *line))
+{
+    s4kv_s3_options o;
+    s4kv_s3_options_init(&o);
+    o.url = url;
+    o.endpoint = endpoint;
+    o.log = log;
+    s4kv_options opt;
+    s4kv_options_init(&opt);
+    opt.log = log;
+    s4kv_db *db = NULL;
+    char err[512] = "";
+    int rc = s4kv_open_s3(NULL, &opt, &o, &db, err, sizeof err);
+    cr_assert_eq(rc, 0, "remote open %s: %s", url, err);
+    return db;
 }

@@ -46,4 +46,11 @@ void tu_proxy_stop(tu_proxy *p);
  * forwarded whose response is not read yet), ... Fails the test if absent. */
 long tu_proxy_stat(const tu_proxy *p, const char *name);
 
+/* A fresh remote-only reader (s4kv_open_s3 with no directory) of url through
+ * endpoint, logging to log (NULL: stderr). Fails the test if it cannot open;
+ * the caller closes it with s4kv_close. */
+struct s4kv_db;
+struct s4kv_db *tu_remote_reader(const char *url, const char *endpoint,
+                                 void (*log)(void *ctx, const char *line));
+
 #endif

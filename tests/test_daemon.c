@@ -111,22 +111,12 @@ static void wait_caught_up(s4kv_sync_loop *sl, s4kv_db *db, int timeout_ms)
 static void remote_check(const char *url, const char *endpoint, const char *const *keys,
                          const char *const *vals, size_t n)
 {
-    s4kv_s3_options o;
-    s4kv_s3_options_init(&o);
-    o.url = url;
-    o.endpoint = endpoint;
-    o.log = dlog;
-    s4kv_options opt;
-    s4kv_options_init(&opt);
-    opt.log = dlog;
-    s4kv_db *db = NULL;
+    s4kv_db *db = tu_remote_reader(url, endpoint, dlog);
     char err[512] = "";
-    int rc = s4kv_open_s3(NULL, &opt, &o, &db, err, sizeof err);
-    cr_assert_eq(rc, 0, "remote open %s: %s", url, err);
     for (size_t i = 0; i < n; i++) {
         void *v = NULL;
         size_t vl = 0;
-        rc = s4kv_get(db, keys[i], strlen(keys[i]), &v, &vl, err, sizeof err);
+        int rc = s4kv_get(db, keys[i], strlen(keys[i]), &v, &vl, err, sizeof err);
         cr_assert_eq(rc, 0, "remote get %s: %s (%s)", keys[i], s4kv_strerror(rc), err);
         cr_assert(vl == strlen(vals[i]) && memcmp(v, vals[i], vl) == 0, "remote %s: wrong value",
                   keys[i]);

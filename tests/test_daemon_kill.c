@@ -390,24 +390,14 @@ static void quiet(void *ctx, const char *line)
  * directly; the proxy has nothing in flight when this runs). */
 static void read_remote(const char *endpoint, int *ver)
 {
-    s4kv_s3_options o;
-    s4kv_s3_options_init(&o);
-    o.url = URL;
-    o.endpoint = endpoint;
-    o.log = quiet;
-    s4kv_options opt;
-    s4kv_options_init(&opt);
-    opt.log = quiet;
-    s4kv_db *db = NULL;
+    s4kv_db *db = tu_remote_reader(URL, endpoint, quiet);
     char err[512] = "";
-    int rc = s4kv_open_s3(NULL, &opt, &o, &db, err, sizeof err);
-    cr_assert_eq(rc, 0, "remote open: %s", err);
     for (int k = 0; k < NK; k++) {
         char key[16];
         keyname(key, k);
         void *v = NULL;
         size_t vl = 0;
-        rc = s4kv_get(db, key, strlen(key), &v, &vl, err, sizeof err);
+        int rc = s4kv_get(db, key, strlen(key), &v, &vl, err, sizeof err);
         cr_assert(rc == 0 || rc == S4KV_ENOTFOUND, "remote get %s: %s", key, err);
         ver[k] = rc ? -1 : value_batch(k, v, vl);
         cr_assert(rc || ver[k] >= 0, "remote %s: a value of no batch", key);
