@@ -12,10 +12,14 @@
  * status the server documents, a Content-Length its body matches (or none
  * for HEAD and 100 Continue), never 500 (the database is healthy), nothing
  * after a "Connection: close" response, and as many as the seam counted.
- * The database is recreated every 2,000 inputs so the disk stays small.
+ * The database is recreated every 2,000 inputs, or as soon as it holds more
+ * than 256 keys: a key listing of a large database (GET /v1/keys walks and
+ * percent-encodes every key) took most of the time and the exec rate fell
+ * from 13,000/s to under 3,000/s as inputs grew.
  */
 #include "daemon.h"
 
+#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,11 +37,19 @@ static void quiet(void *ctx, const char *line)
     (void)line;
 }
 
+static int rm_one(const char *path, const struct stat *st, int type, struct FTW *ftw)
+{
+    (void)st;
+    (void)type;
+    (void)ftw;
+    return remove(path) == 0 ? 0 : -1;
+}
+
+/* Removes the database directory without forking (a fork of an ASan
+ * process with its shadow memory is slow). */
 static void rmdb(void)
 {
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    if (system(cmd) != 0)
+    if (nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS) != 0 && access(dir, F_OK) == 0)
         abort();
 }
 
@@ -128,7 +140,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         opendb();
         atexit(cleanup);
     }
-    if (++runs % 2000 == 0) {
+    s4kv_stats st;
+    if (++runs % 2000 == 0 || (s4kv_stats_get(db, &st) == 0 && (st.keys > 64 || st.index_bytes > (1u << 20)))) {
         s4kv_close(db);
         rmdb();
         opendb();

@@ -233,23 +233,39 @@ static int pct_decode(const char *s, size_t n, sbuf *out)
     return 0;
 }
 
-/* Appends key k[0..n) percent-encoded (unreserved characters and '/' raw). */
+/* Unreserved characters of RFC 3986 section 2.3, plus '/': sent raw. */
+static const uint8_t pct_raw[256] = {
+    ['-'] = 1, ['.'] = 1, ['_'] = 1, ['~'] = 1, ['/'] = 1,
+    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1,
+    ['8'] = 1, ['9'] = 1,
+    ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1, ['G'] = 1, ['H'] = 1,
+    ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1, ['O'] = 1, ['P'] = 1,
+    ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1, ['V'] = 1, ['W'] = 1, ['X'] = 1,
+    ['Y'] = 1, ['Z'] = 1,
+    ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1, ['h'] = 1,
+    ['i'] = 1, ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1,
+    ['q'] = 1, ['r'] = 1, ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1,
+    ['y'] = 1, ['z'] = 1,
+};
+
+/* Appends key k[0..n) percent-encoded (unreserved characters and '/' raw):
+ * one table load a byte, no branch chain. */
 static void pct_encode(sbuf *b, const uint8_t *k, size_t n)
 {
     static const char hex[] = "0123456789ABCDEF";
     if (sb_reserve(b, n * 3) != 0)
         return;
+    char *o = b->p + b->len;
     for (size_t i = 0; i < n; i++) {
         uint8_t ch = k[i];
-        if ((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
-            ch == '-' || ch == '.' || ch == '_' || ch == '~' || ch == '/') {
-            b->p[b->len++] = (char)ch;
-        } else {
-            b->p[b->len++] = '%';
-            b->p[b->len++] = hex[ch >> 4];
-            b->p[b->len++] = hex[ch & 15];
-        }
+        o[0] = (char)ch;
+        o[1] = hex[ch >> 4];
+        o[2] = hex[ch & 15];
+        if (!pct_raw[ch])
+            o[0] = '%';
+        o += pct_raw[ch] ? 1 : 3;
     }
+    b->len = (size_t)(o - b->p);
     b->p[b->len] = 0;
 }
 

@@ -7,6 +7,7 @@
  * the lag in the metrics; HTTP answers bad input with clear statuses; SIGTERM
  * with a request in flight finishes it, uploads and exits 0.
  */
+#include <ctype.h>
 #include <criterion/criterion.h>
 #include <arpa/inet.h>
 #include <errno.h>
@@ -622,6 +623,29 @@ Test(daemon, http_api_and_sigterm_with_a_request_in_flight, .timeout = 120)
     r = tu_http(port, "GET", "/v1/kv/other", NULL, 0, NULL);
     cr_assert(r.status == 200 && r.blen == 0, "empty value: %s", r.head);
     free(r.body);
+    /* A key holding every byte value lists as its exact encoding: the 66
+     * unreserved characters and '/' raw, everything else %XX. */
+    {
+        char allpath[16 + 3 * 256], want[3 * 256 + 2], *pp = allpath, *w = want;
+        pp += sprintf(pp, "/v1/kv/~all");
+        w += sprintf(w, "~all");
+        for (int ch = 0; ch < 256; ch++) {
+            pp += sprintf(pp, "%%%02X", ch);
+            int raw = isalnum(ch) || ch == '-' || ch == '.' || ch == '_' || ch == '~' || ch == '/';
+            w += raw ? sprintf(w, "%c", ch) : sprintf(w, "%%%02X", ch);
+        }
+        sprintf(w, "\n");
+        r = tu_http(port, "PUT", allpath, "x", 1, NULL);
+        cr_assert_eq(r.status, 204);
+        free(r.body);
+        r = tu_http(port, "GET", "/v1/keys?prefix=~", NULL, 0, NULL);
+        cr_assert_eq(r.status, 200);
+        cr_assert_str_eq(r.body, want);
+        free(r.body);
+        r = tu_http(port, "DELETE", allpath, NULL, 0, NULL);
+        cr_assert_eq(r.status, 204);
+        free(r.body);
+    }
     r = tu_http(port, "GET", "/healthz", NULL, 0, NULL);
     cr_assert(r.status == 200 && strcmp(r.body, "ok\n") == 0);
     free(r.body);
@@ -630,7 +654,7 @@ Test(daemon, http_api_and_sigterm_with_a_request_in_flight, .timeout = 120)
     cr_assert_eq(r.status, 200);
     const char *want[] = {"s4kv_upload_lag_seconds ", "s4kv_uploads_total ",
                           "s4kv_s3_requests_total ", "s4kv_garbage_ratio ",
-                          "s4kv_http_requests_total{op=\"put\"} 6", /* 4 + 400 + 413 */
+                          "s4kv_http_requests_total{op=\"put\"} 7", /* 5 + 400 + 413 */
                           "s4kv_http_request_duration_seconds{op=\"get\",quantile=\"0.99\"}",
                           "s4kv_compaction_pause_seconds ", "s4kv_http_responses_total{code=\"413\"} 1"};
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
