@@ -401,12 +401,18 @@ int db_rotate(s4kv_db *db, char *err, size_t errlen)
     return rc;
 }
 
-/* ckpt_write's sink for db_checkpoint_locked: the temporary file. */
+/* ckpt_write's sink for db_checkpoint_locked: the temporary file. Every
+ * CKPT_KICK bytes it starts the writeback of what it wrote, so the device
+ * works while the rest is encoded and the final fdatasync waits for the
+ * last piece only (RocksDB's bytes_per_sync does the same for its files). */
+#define CKPT_KICK ((uint64_t)4 << 20)
+
 typedef struct ckpt_sink {
     s4kv_db *db;
     int fd;
     uint64_t off;
-    int rc; /* the failing pwrite's -errno */
+    uint64_t kicked; /* bytes before this offset have had their writeback started */
+    int rc;          /* the failing pwrite's -errno */
 } ckpt_sink;
 
 static int ckpt_sink_write(void *ctx, const void *buf, size_t len)
@@ -418,15 +424,26 @@ static int ckpt_sink_write(void *ctx, const void *buf, size_t len)
         return -1;
     }
     k->off += len;
+    if (k->db->v->writeback && k->off - k->kicked >= CKPT_KICK) {
+        k->db->v->writeback(k->db->v, k->fd, k->kicked, k->off - k->kicked);
+        k->kicked = k->off;
+    }
     return 0;
 }
 
+/* Writes a checkpoint of the keydir at the end of the log and commits a
+ * manifest naming it. Order: (1) start the writeback of the active segment,
+ * (2) stream the checkpoint to a temporary file, (3) fdatasync the segment
+ * (by now mostly written, in parallel with (2)), (4) fdatasync, rename and
+ * fsync the directory for the checkpoint, (5) commit the manifest. The
+ * checkpoint is named by a manifest only after both the log it covers and
+ * its own bytes are durable. */
 int db_checkpoint_locked(s4kv_db *db, char *err, size_t errlen)
 {
-    int rc = sync_active(db, err, errlen);
-    if (rc)
-        return rc;
+    int rc;
     segment *a = active_seg(db);
+    if (db->v->writeback)
+        db->v->writeback(db->v, a->fd, 0, a->size);
     ckpt_header h = {.generation = db->generation + 1, .pos_seg = a->no, .pos_off = a->size,
                      .next_seq = db->next_seq};
     char name[64], path[4096], tmp[4200];
@@ -438,11 +455,17 @@ int db_checkpoint_locked(s4kv_db *db, char *err, size_t errlen)
     int fd = db->v->open(db->v, tmp, O_WRONLY | O_CREAT | O_TRUNC, S4KV_FILE_MODE);
     if (fd < 0)
         return seterr(err, errlen, errno_code(fd), "open %s: %s", tmp, strerror(-fd));
-    ckpt_sink k = {db, fd, 0, 0};
+    ckpt_sink k = {db, fd, 0, 0, 0};
     int w = ckpt_write(db->kd, &h, ckpt_sink_write, &k);
     const char *what = "write";
     rc = w > 0 ? k.rc : 0;
     if (rc == 0 && w == 0) {
+        int src = sync_active(db, err, errlen);
+        if (src != 0) {
+            db->v->close(db->v, fd);
+            db->v->unlink(db->v, tmp);
+            return src;
+        }
         rc = db->v->fdatasync(db->v, fd);
         what = "fdatasync";
     }

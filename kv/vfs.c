@@ -133,9 +133,15 @@ static void px_unmap(vfs *v, const void *addr, uint64_t len)
         munmap((void *)addr, (size_t)len);
 }
 
+static void px_writeback(vfs *v, int fd, uint64_t off, uint64_t len)
+{
+    (void)v;
+    (void)sync_file_range(fd, (off_t)off, (off_t)len, SYNC_FILE_RANGE_WRITE);
+}
+
 static vfs posix_vfs = {
     px_open, px_close, px_pread, px_pwrite, px_fdatasync, px_ftruncate,
-    px_fsize, px_rename, px_unlink, px_fsync_dir, px_map, px_unmap,
+    px_fsize, px_rename, px_unlink, px_fsync_dir, px_map, px_unmap, px_writeback,
 };
 
 vfs *vfs_posix(void) { return &posix_vfs; }
@@ -569,9 +575,10 @@ vfs_fault *vfs_fault_new(void)
     vfs_fault *f = calloc(1, sizeof *f);
     if (!f)
         return NULL;
-    /* No map: every read goes through ft_pread, where faults can be injected. */
+    /* No map: every read goes through ft_pread, where faults can be injected.
+     * No writeback hint: what is durable is what this vfs models. */
     f->v = (vfs){ft_open, ft_close, ft_pread, ft_pwrite, ft_fdatasync, ft_ftruncate,
-                 px_fsize, ft_rename, ft_unlink, ft_fsync_dir, NULL, NULL};
+                 px_fsize, ft_rename, ft_unlink, ft_fsync_dir, NULL, NULL, NULL};
     pthread_mutex_init(&f->mu, NULL);
     return f;
 }

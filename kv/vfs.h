@@ -37,6 +37,12 @@ struct vfs {
      * inside it are ever touched). Returns the address or NULL. */
     const void *(*map)(vfs *v, int fd, uint64_t len);
     void (*unmap)(vfs *v, const void *addr, uint64_t len);
+    /* Optional (NULL = no hint): starts writing back the dirty pages of
+     * bytes [off, off + len) of fd and returns without waiting
+     * (sync_file_range(2) with SYNC_FILE_RANGE_WRITE). A hint that lets a
+     * later fdatasync find less to do; it makes nothing durable, so it is not
+     * a sync point, and failures are ignored. */
+    void (*writeback)(vfs *v, int fd, uint64_t off, uint64_t len);
 };
 
 /* The POSIX implementation (a static singleton; never freed). */
