@@ -489,11 +489,22 @@ void keydir_free(keydir *kd)
     free(kd);
 }
 
+uint32_t keydir_hash(const keydir *kd, const void *key, size_t klen)
+{
+    return key_hash(kd, key, klen);
+}
+
 void keydir_prefetch(const keydir *kd, const void *key, size_t klen)
 {
-    if (klen == 0 || klen > KEY_MAX || kd->cap == 0)
+    if (klen == 0 || klen > KEY_MAX)
         return;
-    uint32_t h = key_hash(kd, key, klen);
+    keydir_prefetch_h(kd, key_hash(kd, key, klen));
+}
+
+void keydir_prefetch_h(const keydir *kd, uint32_t h)
+{
+    if (kd->cap == 0)
+        return;
     size_t w;
     filt_bits(h, kd->fwords, &w);
     __builtin_prefetch(&kd->tab[home_of(h, kd->cap)]);
@@ -502,9 +513,17 @@ void keydir_prefetch(const keydir *kd, const void *key, size_t klen)
 
 void keydir_prefetch_entry(const keydir *kd, const void *key, size_t klen)
 {
-    if (klen == 0 || klen > KEY_MAX || kd->cap == 0)
+    if (klen == 0 || klen > KEY_MAX)
         return;
-    uint32_t h = key_hash(kd, key, klen);
+    keydir_prefetch_entry_h(kd, key_hash(kd, key, klen));
+}
+
+void keydir_prefetch_entry_h(const keydir *kd, uint32_t h)
+{
+    /* a key the filter rules out has no entry (a new key: the common case
+     * of a fill); its filter word came in with keydir_prefetch_h */
+    if (kd->cap == 0 || !filt_maybe(kd, h))
+        return;
     size_t i = home_of(h, kd->cap);
     /* look at the home slot's cache line only: past it, leave it to probe */
     for (size_t n = 0; n < 4 && kd->tab[i].ref != 0; n++) {
@@ -536,9 +555,18 @@ int keydir_put(keydir *kd, const void *key, size_t klen, keydir_loc loc,
 {
     if (klen == 0 || klen > KEY_MAX)
         return -1;
-    uint32_t h = key_hash(kd, key, klen);
-    int found;
-    size_t i = probe(kd, key, klen, h, &found);
+    return keydir_put_h(kd, key, klen, key_hash(kd, key, klen), loc, old);
+}
+
+int keydir_put_h(keydir *kd, const void *key, size_t klen, uint32_t h, keydir_loc loc,
+                 keydir_loc *old)
+{
+    if (klen == 0 || klen > KEY_MAX)
+        return -1;
+    int found = 0;
+    /* a key the filter rules out is new: find the end of its cluster
+     * without comparing tags or keys on the way */
+    size_t i = filt_maybe(kd, h) ? probe(kd, key, klen, h, &found) : free_slot(kd->tab, kd->cap, h);
     kd->marked = 0;
     if (found) {
         uint8_t *e = ent_at(kd, kd->tab[i].ref);
@@ -609,8 +637,15 @@ int keydir_del(keydir *kd, const void *key, size_t klen, keydir_loc *old)
 {
     if (klen == 0 || klen > KEY_MAX)
         return 0;
+    return keydir_del_h(kd, key, klen, key_hash(kd, key, klen), old);
+}
+
+int keydir_del_h(keydir *kd, const void *key, size_t klen, uint32_t h, keydir_loc *old)
+{
+    if (klen == 0 || klen > KEY_MAX || !filt_maybe(kd, h))
+        return 0;
     int found;
-    size_t i = probe(kd, key, klen, key_hash(kd, key, klen), &found);
+    size_t i = probe(kd, key, klen, h, &found);
     if (!found)
         return 0;
     uint8_t *e = ent_at(kd, kd->tab[i].ref);

@@ -46,6 +46,17 @@ void keydir_prefetch(const keydir *kd, const void *key, size_t klen);
  * hash tag matches (the entry a replace or a get reads next). */
 void keydir_prefetch_entry(const keydir *kd, const void *key, size_t klen);
 
+/* ---- The same calls with the key's hash computed once by the caller (a
+ * batch touches each key three times: two prefetches and the put).
+ * h must be keydir_hash(kd, key, klen) of this keydir; any other value
+ * corrupts the index. */
+uint32_t keydir_hash(const keydir *kd, const void *key, size_t klen);
+void keydir_prefetch_h(const keydir *kd, uint32_t h);
+void keydir_prefetch_entry_h(const keydir *kd, uint32_t h);
+int keydir_put_h(keydir *kd, const void *key, size_t klen, uint32_t h, keydir_loc loc,
+                 keydir_loc *old);
+int keydir_del_h(keydir *kd, const void *key, size_t klen, uint32_t h, keydir_loc *old);
+
 /* Inserts or replaces. Returns 1 when it replaced an entry (*old, if non-NULL,
  * gets the previous location), 0 when the key is new, -1 when out of memory
  * (the keydir is unchanged). */

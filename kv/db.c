@@ -524,38 +524,45 @@ static void apply_batch(s4kv_db *db, const s4kv_batch *b, segment *a, uint64_t b
 {
     /* Two prefetch streams: slots PREFETCH_AHEAD records ahead, and the
      * arena entries those slots name half as far ahead (a replace compares
-     * the key there), so neither miss stalls the record being applied. */
+     * the key there), so neither miss stalls the record being applied. Each
+     * key is hashed once, by the first stream; the hashes wait in a ring. */
+    uint32_t hs[2 * PREFETCH_AHEAD];
     const uint8_t *p = b->buf + BATCH_HDR, *end = b->buf + b->len, *ahead = p, *mid = p;
+    size_t ip = 0, ia = 0, im = 0; /* record numbers of p, ahead, mid */
     uint64_t off = base + BATCH_HDR;
+    keydir *kd = db->kd;
     for (int i = 0; i < PREFETCH_AHEAD && ahead < end; i++) {
-        keydir_prefetch(db->kd, ahead + REC_HDR, get_u32(ahead + 20));
+        uint32_t h = hs[ia++ % (2 * PREFETCH_AHEAD)] = keydir_hash(kd, ahead + REC_HDR, get_u32(ahead + 20));
+        keydir_prefetch_h(kd, h);
         ahead += REC_HDR + get_u32(ahead + 20) + get_u32(ahead + 24);
         if (i >= PREFETCH_AHEAD / 2) {
-            keydir_prefetch_entry(db->kd, mid + REC_HDR, get_u32(mid + 20));
+            keydir_prefetch_entry_h(kd, hs[im++ % (2 * PREFETCH_AHEAD)]);
             mid += REC_HDR + get_u32(mid + 20) + get_u32(mid + 24);
         }
     }
     while (p < end) {
         if (ahead < end) {
-            keydir_prefetch(db->kd, ahead + REC_HDR, get_u32(ahead + 20));
+            uint32_t h = hs[ia++ % (2 * PREFETCH_AHEAD)] = keydir_hash(kd, ahead + REC_HDR, get_u32(ahead + 20));
+            keydir_prefetch_h(kd, h);
             ahead += REC_HDR + get_u32(ahead + 20) + get_u32(ahead + 24);
         }
         if (mid < end) {
-            keydir_prefetch_entry(db->kd, mid + REC_HDR, get_u32(mid + 20));
+            keydir_prefetch_entry_h(kd, hs[im++ % (2 * PREFETCH_AHEAD)]);
             mid += REC_HDR + get_u32(mid + 20) + get_u32(mid + 24);
         }
+        uint32_t h = hs[ip++ % (2 * PREFETCH_AHEAD)];
         uint32_t klen = get_u32(p + 20);
         uint32_t len = REC_HDR + klen + get_u32(p + 24);
         keydir_loc loc = {a->no, (uint32_t)off, len}, old;
         int r;
         if (p[16] == REC_PUT) {
-            r = keydir_put(db->kd, p + REC_HDR, klen, loc, &old);
+            r = keydir_put_h(kd, p + REC_HDR, klen, h, loc, &old);
             if (r < 0)
                 *oom = 1;
             else
                 a->live += len;
         } else {
-            r = keydir_del(db->kd, p + REC_HDR, klen, &old);
+            r = keydir_del_h(kd, p + REC_HDR, klen, h, &old);
         }
         if (r == 1) {
             segment *os = db_seg(db, old.seg);
