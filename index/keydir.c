@@ -812,18 +812,25 @@ static int slot_cmp(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* Sorts a cluster by hash. Linear probing leaves a cluster nearly sorted
+ * (an entry sits a few slots past its home: 3.8 on average at load 0.85,
+ * while clusters there average dozens of slots), so insertion sort costs
+ * about n + those displacements; a cluster that needs more than 8 moves an
+ * entry (a weak hash, heavy collisions) is handed to qsort instead. */
 static void sort_run(slot *r, size_t n)
 {
-    if (n > 32) {
-        qsort(r, n, sizeof(slot), slot_cmp);
-        return;
-    }
-    for (size_t i = 1; i < n; i++) { /* nearly sorted: few moves */
+    size_t moves = 0, budget = 8 * n + 64;
+    for (size_t i = 1; i < n; i++) {
         slot s = r[i];
         size_t j = i;
         for (; j > 0 && r[j - 1].h > s.h; j--)
             r[j] = r[j - 1];
         r[j] = s;
+        moves += i - j;
+        if (moves > budget) {
+            qsort(r, n, sizeof(slot), slot_cmp);
+            return;
+        }
     }
 }
 
