@@ -50,7 +50,7 @@ CLI_LIBOBJ := $(filter-out $(B)/obj/tools/s4kv.o,$(CLI_OBJ))
 TEST_OBJ := $(TEST_SRC:%.c=$(B)/obj/%.o)
 BENCH_OBJ := $(BENCH_SRC:%.c=$(B)/obj/%.o)
 
-.PHONY: all deps test-deps test soak demo bench bench-deps bench-s3 bench-daemon install clean
+.PHONY: valgrind all deps test-deps test soak demo bench bench-deps bench-s3 bench-daemon install clean
 
 all: $(B)/libs4kv.a $(B)/libs4kv.so $(B)/s4kv $(B)/s4kv-demo $(B)/s4kv.pc $(FAULTPROXY)
 
@@ -144,6 +144,16 @@ soak: test-deps
 demo: test-deps
 	$(MAKE) --no-print-directory all SAN=$(SAN)
 	S4KV_BIN=$(CURDIR)/$(B)/s4kv ./tools/demo.sh $(CURDIR)/$(B)
+
+# valgrind memcheck of the demo (every process it starts) and of every local
+# CLI command, on a slice of the demo's input (tools/valgrind.sh): any error or
+# definitely lost byte fails it. VALGRIND_INPUT_LINES sets the slice.
+valgrind: test-deps
+	@command -v valgrind >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq valgrind; }
+	$(MAKE) --no-print-directory all SAN=0
+	VALGRIND_INPUT_LINES=$(VALGRIND_INPUT_LINES) ./tools/valgrind.sh $(CURDIR)/build
+
+VALGRIND_INPUT_LINES ?= 20000
 
 # The peers of the benchmark (RocksDB, LevelDB, LMDB) and gnuplot for its
 # chart, when any is missing (as root; bench/README.md).

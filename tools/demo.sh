@@ -16,7 +16,9 @@
 # endpoint; the demo leaves its objects there).
 #
 # S4KV_DEMO_INPUT=FILE uses FILE instead of `apt-cache dumpavail` (a quick
-# run on a slice of it, e.g. under the sanitizers).
+# run on a slice of it, e.g. under the sanitizers). S4KV_DEMO_WRAP="CMD ARGS"
+# runs the demo program and every s4kv command under CMD (`make valgrind`:
+# valgrind's memcheck).
 #
 # usage: S4KV_BIN=path/to/s4kv tools/demo.sh BUILDDIR
 set -Eeuo pipefail
@@ -34,6 +36,8 @@ s4kv=${S4KV_BIN:-$builddir/s4kv}
 for b in "$demo_bin" "$s4kv"; do
     [ -x "$b" ] || { echo "demo.sh: $b is missing; run make first" >&2; exit 1; }
 done
+
+read -r -a wrap <<<"${S4KV_DEMO_WRAP:-}"
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=tools/s3rver.sh
@@ -62,12 +66,12 @@ fi
 step() { printf '\n== %s\n' "$*"; }
 # Echoes a command line, so the output reads as a session.
 show() { printf '$ s4kv -d %s %s\n' "$dir" "$*"; }
-cli() { show "$@"; "$s4kv" -d "$dir" "$@"; }
+cli() { show "$@"; "${wrap[@]}" "$s4kv" -d "$dir" "$@"; }
 
 step "s4kv-demo: load, read back, upload, remote reads, delete, compact, upload, download, verify"
 input_args=()
 [ -z "${S4KV_DEMO_INPUT:-}" ] || input_args=(--input "$S4KV_DEMO_INPUT")
-"$demo_bin" --dir "$dir" --keep --s3 "$url" --download-dir "$work/download" "${input_args[@]}"
+"${wrap[@]}" "$demo_bin" --dir "$dir" --keep --s3 "$url" --download-dir "$work/download" "${input_args[@]}"
 
 step "the same database through the s4kv command line"
 cli stats
@@ -77,27 +81,27 @@ cli verify
 # survived: bash if it did, else the first key listed. Outputs are captured
 # whole before trimming, so `head` can never cut a writer off (SIGPIPE would
 # fail the pipeline under pipefail).
-keys=$("$s4kv" -d "$dir" keys)
+keys=$("${wrap[@]}" "$s4kv" -d "$dir" keys)
 pkg=bash
 grep -qx bash <<<"$keys" || pkg=$(head -n 1 <<<"$keys")
 [ -n "$pkg" ] || { echo "demo.sh: the database lists no keys" >&2; exit 1; }
 
 show get "$pkg" "| head -n 5"
-value=$("$s4kv" -d "$dir" get "$pkg")
+value=$("${wrap[@]}" "$s4kv" -d "$dir" get "$pkg")
 head -n 5 <<<"$value"
 
 show keys --prefix libc6 "| head"
-listing=$("$s4kv" -d "$dir" keys --prefix libc6)
+listing=$("${wrap[@]}" "$s4kv" -d "$dir" keys --prefix libc6)
 head -n 10 <<<"$listing"
 printf '(%d keys start with libc6)\n' "$(grep -c . <<<"$listing")"
 
 step "the database in S3 through the s4kv command line, from an empty directory"
 # No -d and no S4KV_DIR in an empty working directory: ./s4kv-data does not
 # exist, so everything comes from S3 (manifest, checkpoint, one ranged GET).
-s3cli() { printf '$ s4kv --s3 %s %s\n' "$url" "$*"; (cd "$work/empty" && unset S4KV_DIR S4KV_S3 && "$s4kv" --s3 "$url" "$@"); }
+s3cli() { printf '$ s4kv --s3 %s %s\n' "$url" "$*"; (cd "$work/empty" && unset S4KV_DIR S4KV_S3 && "${wrap[@]}" "$s4kv" --s3 "$url" "$@"); }
 s3cli stats
 printf '$ s4kv --s3 %s get %s | head -n 5\n' "$url" "$pkg"
-value_s3=$(cd "$work/empty" && unset S4KV_DIR S4KV_S3 && "$s4kv" --s3 "$url" get "$pkg")
+value_s3=$(cd "$work/empty" && unset S4KV_DIR S4KV_S3 && "${wrap[@]}" "$s4kv" --s3 "$url" get "$pkg")
 head -n 5 <<<"$value_s3"
 [ "$value_s3" = "$value" ] || { echo "demo.sh: get $pkg from S3 differs from the local value" >&2; exit 1; }
 echo "(byte for byte the value the local get printed)"
