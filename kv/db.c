@@ -513,6 +513,7 @@ int db_checkpoint_locked(s4kv_db *db, char *err, size_t errlen)
     }
     free(old);
     db->since_ckpt = 0;
+    db->ckpt_size = k.off;
     return 0;
 }
 
@@ -661,8 +662,14 @@ static int append_group(s4kv_db *db, writer *head, writer *last, char *err, size
         return seterr(err, errlen, S4KV_ENOMEM,
                       "out of memory updating the index (the write is in the log; reopen)");
     }
-    if (db->opt.checkpoint_bytes && db->since_ckpt >= db->opt.checkpoint_bytes &&
-        !__atomic_load_n(&db->moving, __ATOMIC_ACQUIRE)) {
+    /* A checkpoint rewrites the whole index: wait for at least twice its
+     * last size of new log, so its cost stays a bounded share of the writes
+     * however large the index grows (and replay after a crash stays bounded
+     * by the same amount). */
+    uint64_t due = db->opt.checkpoint_bytes;
+    if (due && due < 2 * db->ckpt_size)
+        due = 2 * db->ckpt_size;
+    if (due && db->since_ckpt >= due && !__atomic_load_n(&db->moving, __ATOMIC_ACQUIRE)) {
         char e2[512];
         if (db_checkpoint_locked(db, e2, sizeof e2) != 0)
             db_log(db, "checkpoint failed (will retry): %s", e2);
@@ -1363,6 +1370,7 @@ static int load_checkpoint(s4kv_db *db, size_t *seg_idx, uint64_t *off)
     keydir_mark(kd);
     keydir_free(db->kd);
     db->kd = kd;
+    db->ckpt_size = rd.size;
     if (h.next_seq > db->next_seq)
         db->next_seq = h.next_seq;
     return 0;

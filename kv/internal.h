@@ -128,6 +128,7 @@ struct s4kv_db {
     uint64_t id;           /* database id (MANIFEST "id"), fixed at creation */
     char *ckpt_name;       /* checkpoint named by the manifest, or NULL */
     uint64_t since_ckpt;   /* log bytes appended since the last checkpoint */
+    uint64_t ckpt_size;    /* bytes of the last checkpoint written or loaded (0: none) */
 
     pthread_mutex_t qmu;
     writer *qhead, *qtail;

@@ -113,8 +113,11 @@ typedef struct s4kv_options {
     uint64_t max_segment_bytes;   /* seal a segment when it would grow past this;
                                      default 64 MiB, allowed 4 KiB .. 2 GiB */
     uint64_t checkpoint_bytes;    /* write an index checkpoint after this many bytes of
-                                     log were appended since the last one (and always on
-                                     close); default 256 MiB; 0 = only on close */
+                                     log were appended since the last one, or twice the
+                                     last checkpoint's size if that is more (so rewriting
+                                     the index never costs more than half the log bytes
+                                     written: a 10M-key index is ~300 MB), and always on
+                                     close; default 256 MiB; 0 = only on close */
     int compress;                 /* default 1: Snappy-compress values when that makes
                                      them smaller; 0 stores raw */
     const s4kv_remote *remote;    /* default NULL: remote read seam for segments that are

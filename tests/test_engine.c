@@ -429,6 +429,74 @@ static void model_check(s4kv_db *db, const model *m, int seed)
     cr_assert_eq(st.keys, live, "seed %d: key count", seed);
 }
 
+/* Bytes of the checkpoint file db's manifest names (0 when none). */
+static uint64_t ckpt_file_size(s4kv_db *db)
+{
+    if (!db->ckpt_name)
+        return 0;
+    char path[4200];
+    snprintf(path, sizeof path, "%s/%s", db->dir, db->ckpt_name);
+    struct stat st;
+    cr_assert_eq(stat(path, &st), 0, "stat %s", path);
+    return (uint64_t)st.st_size;
+}
+
+/* The automatic checkpoint comes after checkpoint_bytes of log, or after
+ * twice the last checkpoint's size when that is more: never earlier, and at
+ * the first batch that reaches it. Each one is a new manifest generation. */
+Test(engine, automatic_checkpoint_waits_for_twice_its_size)
+{
+    char *dir = tu_tmpdir("ckpt-amortized");
+    s4kv_options o = small_opts();
+    o.max_segment_bytes = 1 << 20;
+    o.checkpoint_bytes = 4096;
+    s4kv_db *db = open_ok(dir, &o);
+    s4kv_stats st;
+    s4kv_stats_get(db, &st);
+    uint64_t gen = st.generation, log_at = st.segment_bytes, last_size = 0;
+    int seen = 0, small_phase = 0, large_phase = 0;
+    char err[512];
+    for (int i = 0; i < 6000; i++) {
+        char k[48], v[32];
+        snprintf(k, sizeof k, "amortized-checkpoint-key-%06d", i); /* all new: the index grows */
+        snprintf(v, sizeof v, "v%d", i);
+        uint64_t before = st.segment_bytes;
+        put_ok(db, k, v);
+        s4kv_stats_get(db, &st);
+        uint64_t due = 2 * last_size > 4096 ? 2 * last_size : 4096;
+        if (st.generation == gen) {
+            cr_assert_lt(st.segment_bytes - log_at, due,
+                         "no checkpoint after %llu log bytes; due at %llu",
+                         (unsigned long long)(st.segment_bytes - log_at), (unsigned long long)due);
+            continue;
+        }
+        cr_assert_eq(st.generation, gen + 1);
+        cr_assert_geq(st.segment_bytes - log_at, due, "checkpoint after %llu log bytes, due at %llu",
+                      (unsigned long long)(st.segment_bytes - log_at), (unsigned long long)due);
+        cr_assert_lt(before - log_at, due, "the checkpoint was late");
+        if (due == 4096)
+            small_phase++;
+        else
+            large_phase++;
+        seen++;
+        gen = st.generation;
+        log_at = st.segment_bytes;
+        last_size = ckpt_file_size(db);
+        cr_assert_gt(last_size, 0);
+    }
+    cr_assert_gt(small_phase, 0, "no checkpoint while the index was small");
+    cr_assert_gt(large_phase, 2, "no checkpoint paced by the index size");
+    cr_assert(seen < 40, "%d checkpoints: not paced", seen);
+    /* the pace survives a reopen: it starts from the loaded checkpoint's size */
+    cr_assert_eq(s4kv_checkpoint(db, err, sizeof err), 0, "%s", err);
+    last_size = ckpt_file_size(db);
+    cr_assert_eq(s4kv_close(db), 0);
+    db = open_ok(dir, &o);
+    cr_assert_eq(db->ckpt_size, last_size);
+    cr_assert_eq(s4kv_close(db), 0);
+    free(dir);
+}
+
 Test(engine, compaction_model_many_seeds)
 {
     for (int seed = 1; seed <= 12; seed++) {
