@@ -104,6 +104,7 @@ typedef struct segment {
     uint64_t live;     /* bytes of records the keydir points at */
     const uint8_t *map; /* read-only mapping of [0, maplen), or NULL */
     uint64_t maplen;
+    uint64_t kicked;   /* writeback of [0, kicked) has been started (vfs writeback) */
 } segment;
 
 typedef struct writer writer;
