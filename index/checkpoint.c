@@ -226,9 +226,36 @@ typedef struct src {
     int ioerr;
 } src;
 
+/* Refills the window so that it holds the next n bytes (the slow path of
+ * take). Returns 0, or -1 when a read fails (s->ioerr). */
+static __attribute__((noinline)) int refill(src *s, size_t n)
+{
+    size_t in = (size_t)(s->woff + s->wlen - s->pos); /* bytes left in the window */
+    (void)n;
+    memmove(s->win, s->win + (s->pos - s->woff), in);
+    s->woff = s->pos;
+    uint64_t from = s->woff + in, left = s->r->size - from;
+    size_t want = CHUNK - in;
+    if (want > left)
+        want = (size_t)left;
+    if (s->r->read(s->r->ctx, s->win + in, want, from) != 0) {
+        s->ioerr = 1;
+        return -1;
+    }
+    s->wlen = in + want;
+    /* checksum the body bytes just read */
+    uint64_t a = from < HDR_LEN ? HDR_LEN : from, b = from + want;
+    if (b > s->body_end)
+        b = s->body_end;
+    if (a < b)
+        XXH3_64bits_update(&s->st, s->win + (a - s->woff), (size_t)(b - a));
+    return 0;
+}
+
 /* Returns the next n (<= CHUNK) bytes, or NULL when the input ends first
- * (or a read fails: s->ioerr). Valid until the next call. */
-static const uint8_t *take(src *s, size_t n)
+ * (or a read fails: s->ioerr). Valid until the next call. The common case,
+ * bytes already in the window, is a bounds check and a pointer bump. */
+static inline const uint8_t *take(src *s, size_t n)
 {
     if (s->r->size - s->pos < n)
         return NULL;
@@ -237,26 +264,8 @@ static const uint8_t *take(src *s, size_t n)
         s->pos += n;
         return p;
     }
-    size_t in = (size_t)(s->woff + s->wlen - s->pos); /* bytes left in the window */
-    if (in < n) {
-        memmove(s->win, s->win + (s->pos - s->woff), in);
-        s->woff = s->pos;
-        uint64_t from = s->woff + in, left = s->r->size - from;
-        size_t want = CHUNK - in;
-        if (want > left)
-            want = (size_t)left;
-        if (s->r->read(s->r->ctx, s->win + in, want, from) != 0) {
-            s->ioerr = 1;
-            return NULL;
-        }
-        s->wlen = in + want;
-        /* checksum the body bytes just read */
-        uint64_t a = from < HDR_LEN ? HDR_LEN : from, b = from + want;
-        if (b > s->body_end)
-            b = s->body_end;
-        if (a < b)
-            XXH3_64bits_update(&s->st, s->win + (a - s->woff), (size_t)(b - a));
-    }
+    if ((size_t)(s->woff + s->wlen - s->pos) < n && refill(s, n) != 0)
+        return NULL;
     const uint8_t *p = s->win + (s->pos - s->woff);
     s->pos += n;
     return p;

@@ -113,7 +113,9 @@ static uint64_t xxh3_hash(const void *key, size_t klen)
 
 static uint32_t key_hash(const keydir *kd, const void *key, size_t klen)
 {
-    uint64_t h = kd->hash(key, klen);
+    /* the default hash inlined (xxh3 of a short key is a few instructions;
+     * the call through the pointer cost more than the hash) */
+    uint64_t h = kd->hash == xxh3_hash ? XXH3_64bits(key, klen) : kd->hash(key, klen);
     return (uint32_t)(h ^ (h >> 32));
 }
 
