@@ -32,6 +32,7 @@
  */
 #include "keydir.h"
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -96,23 +97,163 @@ static int fail(char *err, size_t errlen, const char *fmt, ...)
     return -1;
 }
 
-/* ---- encode */
+/* ---- encode
+ *
+ * A checkpoint of PAR_MIN entries or more is encoded by two threads: the
+ * caller walks the hashes below 2^31 and streams them to the writer, a
+ * helper walks the upper half into a queue of pieces at the same time, and
+ * the caller writes the queue after its own half. The file is the same as
+ * a one-thread encode (the halves are consecutive in hash order). The queue
+ * holds at most PAR_QUEUE bytes: past that the helper waits for the writer,
+ * so memory stays bounded for any index size. */
+#define PAR_MIN 65536
+#define PAR_SPLIT 0x80000000u
 
-/* Streams the checkpoint to wr in pieces of up to CHUNK bytes: the keydir in
- * hash order (keydir_walk), checksummed on the way. */
+size_t ckpt_par_queue_bytes = (size_t)64 << 20;
+
+/* Where encoded bytes go: returns 0, or non-zero to stop. */
+typedef int (*sink_fn)(void *ctx, const uint8_t *buf, size_t len);
+
+/* Encodes the walk's entries into out (CHUNK bytes, *used of them taken),
+ * handing the buffer to sink whenever the next entry does not fit. Counts
+ * entries in *n. Returns 0, -1 when out of memory, or 1 when sink failed. */
+static int walk_encode(keydir_walk *w, uint8_t *out, size_t *used, sink_fn sink, void *sctx,
+                       uint64_t *n)
+{
+    const void *key;
+    size_t klen;
+    keydir_loc loc;
+    int r;
+    while ((r = keydir_walk_next(w, &key, &klen, &loc)) == 1) {
+        if (CHUNK - *used < ENT_FIXED + klen) {
+            if (sink(sctx, out, *used) != 0)
+                return 1;
+            *used = 0;
+        }
+        uint8_t *p = out + *used;
+        put32(p, loc.seg);
+        put32(p + 4, loc.off);
+        put32(p + 8, loc.len);
+        put16(p + 12, (uint16_t)klen);
+        memcpy(p + ENT_FIXED, key, klen);
+        *used += ENT_FIXED + klen;
+        (*n)++;
+    }
+    return r < 0 ? -1 : 0;
+}
+
+/* The caller's sink: checksums entry bytes (the header, the first `skip`
+ * bytes of the first piece, is not summed) and writes. */
+typedef struct wsink {
+    XXH3_state_t *st;
+    ckpt_write_fn wr;
+    void *ctx;
+    size_t skip;
+} wsink;
+
+static int write_sink(void *ctx, const uint8_t *buf, size_t len)
+{
+    wsink *k = ctx;
+    XXH3_64bits_update(k->st, buf + k->skip, len - k->skip);
+    k->skip = 0;
+    return k->wr(k->ctx, buf, len) != 0;
+}
+
+typedef struct piece {
+    struct piece *next;
+    size_t len;
+    uint8_t data[];
+} piece;
+
+/* The helper's half and the queue between it and the caller. */
+typedef struct part {
+    const keydir *kd;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    piece *head, *tail;
+    size_t queued; /* bytes in the queue */
+    int done;      /* the helper has finished (rc says how) */
+    int stop;      /* the caller gave up: the helper stops at its next piece */
+    int rc;        /* 0, or -1 (out of memory) */
+    uint64_t n;    /* entries the helper encoded */
+} part;
+
+static int queue_sink(void *ctx, const uint8_t *buf, size_t len)
+{
+    part *P = ctx;
+    piece *pc = malloc(sizeof *pc + len);
+    if (!pc)
+        return 1;
+    pc->next = NULL;
+    pc->len = len;
+    memcpy(pc->data, buf, len);
+    pthread_mutex_lock(&P->mu);
+    while (P->queued >= ckpt_par_queue_bytes && !P->stop)
+        pthread_cond_wait(&P->cv, &P->mu);
+    if (P->stop) {
+        pthread_mutex_unlock(&P->mu);
+        free(pc);
+        return 1;
+    }
+    if (P->tail)
+        P->tail->next = pc;
+    else
+        P->head = pc;
+    P->tail = pc;
+    P->queued += len;
+    pthread_cond_broadcast(&P->cv);
+    pthread_mutex_unlock(&P->mu);
+    return 0;
+}
+
+static void *part_main(void *arg)
+{
+    part *P = arg;
+    keydir_walk *w = keydir_walk_new_range(P->kd, PAR_SPLIT, UINT32_MAX);
+    uint8_t *out = malloc(CHUNK);
+    size_t used = 0;
+    int rc = (!w || !out) ? -1 : walk_encode(w, out, &used, queue_sink, P, &P->n);
+    if (rc == 0 && used > 0 && queue_sink(P, out, used) != 0)
+        rc = 1;
+    free(out);
+    keydir_walk_free(w);
+    pthread_mutex_lock(&P->mu);
+    P->rc = rc == 0 ? 0 : -1; /* a failed queue_sink: out of memory, or stopped */
+    P->done = 1;
+    pthread_cond_broadcast(&P->cv);
+    pthread_mutex_unlock(&P->mu);
+    return NULL;
+}
+
+/* Streams the checkpoint to wr in pieces of up to CHUNK bytes (the queued
+ * half in the pieces its helper made): the keydir in hash order
+ * (keydir_walk), checksummed on the way. */
 int ckpt_write(const keydir *kd, ckpt_header *h, ckpt_write_fn wr, void *ctx)
 {
-    int rc = 0;
-    keydir_walk *w = keydir_walk_new(kd);
+    int rc = 0, par = 0;
     uint8_t *out = malloc(CHUNK);
     XXH3_state_t st;
+    part P;
+    memset(&P, 0, sizeof P);
+    P.kd = kd;
+    pthread_t th;
+    h->count = keydir_count(kd);
+    if (h->count >= PAR_MIN && out) {
+        pthread_mutex_init(&P.mu, NULL);
+        pthread_cond_init(&P.cv, NULL);
+        par = pthread_create(&th, NULL, part_main, &P) == 0;
+        if (!par) {
+            pthread_cond_destroy(&P.cv);
+            pthread_mutex_destroy(&P.mu);
+        }
+    }
+    keydir_walk *w = keydir_walk_new_range(kd, 0, par ? PAR_SPLIT - 1 : UINT32_MAX);
     if (!w || !out) {
         rc = -1;
         goto done;
     }
     XXH3_64bits_reset(&st);
 
-    h->count = keydir_count(kd);
     memcpy(out, CKPT_MAGIC, 8);
     put32(out + 8, CKPT_VERSION);
     put32(out + 12, h->pos_seg);
@@ -122,35 +263,44 @@ int ckpt_write(const keydir *kd, ckpt_header *h, ckpt_write_fn wr, void *ctx)
     put64(out + 40, h->count);
     put64(out + 48, XXH3_64bits(out, HDR_SUMMED));
 
-    size_t used = HDR_LEN, body = HDR_LEN; /* body bytes of the chunk start at `body` */
+    size_t used = HDR_LEN;
     uint64_t n = 0;
-    const void *key;
-    size_t klen;
-    keydir_loc loc;
-    int r;
-    while ((r = keydir_walk_next(w, &key, &klen, &loc)) == 1) {
-        if (CHUNK - used < ENT_FIXED + klen) {
-            XXH3_64bits_update(&st, out + body, used - body);
-            if (wr(ctx, out, used) != 0) {
-                rc = 1;
-                goto done;
+    wsink ws = {&st, wr, ctx, HDR_LEN};
+    rc = walk_encode(w, out, &used, write_sink, &ws, &n);
+    if (rc == 0 && par) {
+        /* the helper's half follows ours: write ours, then its pieces */
+        if (write_sink(&ws, out, used) != 0)
+            rc = 1;
+        used = 0;
+        for (;;) {
+            pthread_mutex_lock(&P.mu);
+            while (!P.head && !P.done)
+                pthread_cond_wait(&P.cv, &P.mu);
+            piece *pc = P.head;
+            if (pc) {
+                P.head = pc->next;
+                if (!P.head)
+                    P.tail = NULL;
+                P.queued -= pc->len;
+                pthread_cond_broadcast(&P.cv);
             }
-            used = body = 0;
+            pthread_mutex_unlock(&P.mu);
+            if (!pc)
+                break;
+            if (rc == 0 && write_sink(&ws, pc->data, pc->len) != 0)
+                rc = 1;
+            free(pc);
+            if (rc != 0)
+                break;
         }
-        uint8_t *p = out + used;
-        put32(p, loc.seg);
-        put32(p + 4, loc.off);
-        put32(p + 8, loc.len);
-        put16(p + 12, (uint16_t)klen);
-        memcpy(p + ENT_FIXED, key, klen);
-        used += ENT_FIXED + klen;
-        n++;
     }
-    if (r < 0 || n != h->count) {
+    if (rc == 0 && par && P.rc != 0)
         rc = -1;
+    if (rc == 0 && n + P.n != h->count)
+        rc = -1;
+    if (rc != 0)
         goto done;
-    }
-    XXH3_64bits_update(&st, out + body, used - body);
+    XXH3_64bits_update(&st, out + ws.skip, used - ws.skip);
     if (CHUNK - used < TRAILER_LEN) {
         if (wr(ctx, out, used) != 0) {
             rc = 1;
@@ -163,6 +313,19 @@ int ckpt_write(const keydir *kd, ckpt_header *h, ckpt_write_fn wr, void *ctx)
     if (wr(ctx, out, used) != 0)
         rc = 1;
 done:
+    if (par) {
+        pthread_mutex_lock(&P.mu);
+        P.stop = 1;
+        pthread_cond_broadcast(&P.cv);
+        pthread_mutex_unlock(&P.mu);
+        pthread_join(th, NULL);
+        for (piece *pc = P.head, *nx; pc; pc = nx) {
+            nx = pc->next;
+            free(pc);
+        }
+        pthread_cond_destroy(&P.cv);
+        pthread_mutex_destroy(&P.mu);
+    }
     free(out);
     keydir_walk_free(w);
     return rc;

@@ -806,7 +806,13 @@ struct keydir_walk {
     slot *wrap;         /* the last cluster's tail, found at the table's start */
     size_t nwrap;
     size_t next;        /* next slot to scan; cap when all are queued */
+    uint32_t lo, hi;    /* only entries with lo <= hash <= hi */
 };
+
+static int in_range(const keydir_walk *w, slot s)
+{
+    return s.h >= w->lo && s.h <= w->hi;
+}
 
 static int slot_cmp(const void *a, const void *b)
 {
@@ -868,11 +874,11 @@ static int walk_fill(keydir_walk *w)
             i++;
         size_t start = w->qtail;
         for (; i < kd->cap && kd->tab[i].ref != 0; i++)
-            if (q_push(w, kd->tab[i]) < 0)
+            if (in_range(w, kd->tab[i]) && q_push(w, kd->tab[i]) < 0)
                 return -1;
         if (i == kd->cap)
             for (size_t k = 0; k < w->nwrap; k++)
-                if (q_push(w, w->wrap[k]) < 0)
+                if (in_range(w, w->wrap[k]) && q_push(w, w->wrap[k]) < 0)
                     return -1;
         w->next = i;
         sort_run(w->q + start, w->qtail - start);
@@ -882,10 +888,17 @@ static int walk_fill(keydir_walk *w)
 
 keydir_walk *keydir_walk_new(const keydir *kd)
 {
+    return keydir_walk_new_range(kd, 0, UINT32_MAX);
+}
+
+keydir_walk *keydir_walk_new_range(const keydir *kd, uint32_t lo, uint32_t hi)
+{
     keydir_walk *w = calloc(1, sizeof(*w));
     if (!w)
         return NULL;
     w->kd = kd;
+    w->lo = lo;
+    w->hi = hi;
     w->qcap = 4 * WALK_AHEAD;
     w->q = malloc(w->qcap * sizeof(slot));
     if (!w->q)
@@ -898,6 +911,8 @@ keydir_walk *keydir_walk_new(const keydir *kd)
         goto oom;
     for (size_t i = 0; i < e0; i++) {
         slot s = kd->tab[i];
+        if (!in_range(w, s))
+            continue;
         if (home_of(s.h, kd->cap) <= i) {
             if (q_push(w, s) < 0)
                 goto oom;

@@ -110,6 +110,10 @@ typedef struct keydir_walk keydir_walk;
  * sequential pass over the table, the entries read with prefetching; the
  * keydir must not change until keydir_walk_free. */
 keydir_walk *keydir_walk_new(const keydir *kd);
+/* The same over the entries whose folded hash h has lo <= h <= hi only (a
+ * part of the checkpoint that another thread encodes): it still scans every
+ * slot, but reads and sorts only those entries. */
+keydir_walk *keydir_walk_new_range(const keydir *kd, uint32_t lo, uint32_t hi);
 /* 1 with the next entry (key points into the arena), 0 at the end, -1 when
  * out of memory. */
 int keydir_walk_next(keydir_walk *w, const void **key, size_t *klen, keydir_loc *loc);
@@ -139,6 +143,14 @@ typedef struct ckpt_header {
  * failed (wr's ctx says why). */
 typedef int (*ckpt_write_fn)(void *ctx, const void *buf, size_t len);
 int ckpt_write(const keydir *kd, ckpt_header *h, ckpt_write_fn wr, void *ctx);
+
+/* ckpt_write of 65,536 entries or more runs on two threads: the caller
+ * encodes and writes the hashes below 2^31 while a helper encodes the rest
+ * into a queue that the caller writes next (same bytes as one thread). The
+ * queue holds at most this many bytes (default 64 MiB; the helper waits past
+ * it). A variable so tests can make it small; set it before any checkpoint
+ * is written, not while one is. */
+extern size_t ckpt_par_queue_bytes;
 
 /* ckpt_write into a malloc'd buffer (*buf, *len; the caller frees it with
  * free()). Returns 0 or -1 (ENOMEM). */

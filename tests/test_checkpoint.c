@@ -691,3 +691,113 @@ Test(checkpoint, write_failure_reported)
     cr_assert_eq(calls, 2);
     keydir_free(kd);
 }
+
+/* The checkpoint of kd encoded here, one thread, straight from the format:
+ * header, entries in keydir_walk order, trailer. */
+static uint8_t *reference_encode(const keydir *kd, const ckpt_header *h, size_t *len)
+{
+    size_t cap = 56 + 8, n = 0;
+    keydir_walk *w = keydir_walk_new(kd);
+    const void *key;
+    size_t klen;
+    keydir_loc loc;
+    while (keydir_walk_next(w, &key, &klen, &loc) == 1)
+        cap += 14 + klen;
+    keydir_walk_free(w);
+    uint8_t *b = malloc(cap);
+    memcpy(b, "S4KVIDX1", 8);
+    le32(b + 8, 2);
+    le32(b + 12, h->pos_seg);
+    le64(b + 16, h->pos_off);
+    le64(b + 24, h->next_seq);
+    le64(b + 32, h->generation);
+    le64(b + 40, keydir_count(kd));
+    le64(b + 48, XXH3_64bits(b, 48));
+    size_t at = 56;
+    w = keydir_walk_new(kd);
+    while (keydir_walk_next(w, &key, &klen, &loc) == 1) {
+        le32(b + at, loc.seg);
+        le32(b + at + 4, loc.off);
+        le32(b + at + 8, loc.len);
+        b[at + 12] = (uint8_t)klen;
+        b[at + 13] = (uint8_t)(klen >> 8);
+        memcpy(b + at + 14, key, klen);
+        at += 14 + klen;
+        n++;
+    }
+    keydir_walk_free(w);
+    cr_assert_eq(n, keydir_count(kd));
+    le64(b + at, XXH3_64bits(b + 56, at - 56));
+    *len = at + 8;
+    return b;
+}
+
+/* Past 65,536 entries two threads encode: the bytes are the one-thread
+ * encoding's, with the helper's queue at its default bound and at 64 KiB
+ * (the helper then waits for the writer again and again). */
+Test(checkpoint, two_thread_encode_is_byte_identical, .timeout = 120)
+{
+    keydir *kd = random_keydir(150000, 31);
+    ckpt_header h = sample_header();
+    size_t rlen, len;
+    uint8_t *ref = reference_encode(kd, &h, &rlen), *buf;
+    size_t bounds[2] = {ckpt_par_queue_bytes, 64 * 1024};
+    for (int i = 0; i < 2; i++) {
+        ckpt_par_queue_bytes = bounds[i];
+        cr_assert_eq(ckpt_encode(kd, &h, &buf, &len), 0);
+        cr_assert_eq(len, rlen);
+        cr_assert(memcmp(buf, ref, len) == 0, "queue bound %zu: bytes differ", bounds[i]);
+        keydir *out = NULL;
+        ckpt_header h2;
+        char err[128] = "";
+        cr_assert_eq(ckpt_decode(buf, len, NULL, &h2, &out, err, sizeof err), 0, "%s", err);
+        assert_same(kd, out);
+        keydir_free(out);
+        free(buf);
+    }
+    ckpt_par_queue_bytes = bounds[0];
+    free(ref);
+    keydir_free(kd);
+}
+
+/* A writer that counts its calls in *ctx. */
+static int count_writes(void *ctx, const void *buf, size_t len)
+{
+    (void)buf;
+    (void)len;
+    ++*(int *)ctx;
+    return 0;
+}
+
+/* A writer that fails at call number *ctx (counting down). */
+static int fail_at_write(void *ctx, const void *buf, size_t len)
+{
+    (void)buf;
+    (void)len;
+    int *left = ctx;
+    return --*left == 0 ? -1 : 0;
+}
+
+/* A write failing in the caller's half, at the switch to the helper's
+ * pieces, inside them and at the trailer stops both threads and reports 1
+ * (no hang; ASan sees no leak of queued pieces). */
+Test(checkpoint, two_thread_encode_write_failures, .timeout = 120)
+{
+    keydir *kd = random_keydir(150000, 33);
+    ckpt_header h = sample_header();
+    int writes = 0;
+    cr_assert_eq(ckpt_write(kd, &h, count_writes, &writes), 0);
+    cr_assert_gt(writes, 8);
+    size_t bound = ckpt_par_queue_bytes;
+    for (int q = 0; q < 2; q++) {
+        ckpt_par_queue_bytes = q ? 64 * 1024 : bound;
+        int at[] = {1, 2, writes / 2, writes / 2 + 1, writes - 1, writes};
+        for (size_t i = 0; i < sizeof at / sizeof at[0]; i++) {
+            int left = at[i];
+            cr_assert_eq(ckpt_write(kd, &h, fail_at_write, &left), 1, "failure at write %d", at[i]);
+            cr_assert_eq(left, 0);
+        }
+    }
+    ckpt_par_queue_bytes = bound;
+    keydir_free(kd);
+}
