@@ -257,13 +257,13 @@ static void pct_encode(sbuf *b, const uint8_t *k, size_t n)
         return;
     char *o = b->p + b->len;
     for (size_t i = 0; i < n; i++) {
-        uint8_t ch = k[i];
-        o[0] = (char)ch;
+        uint8_t ch = k[i], raw = pct_raw[ch];
+        /* branch-free: the byte or '%', then two hex digits that the next
+         * byte overwrites when this one is sent raw */
+        o[0] = (char)(raw ? ch : '%');
         o[1] = hex[ch >> 4];
         o[2] = hex[ch & 15];
-        if (!pct_raw[ch])
-            o[0] = '%';
-        o += pct_raw[ch] ? 1 : 3;
+        o += 3 - 2 * raw;
     }
     b->len = (size_t)(o - b->p);
     b->p[b->len] = 0;
