@@ -513,13 +513,6 @@ void keydir_prefetch_h(const keydir *kd, uint32_t h)
     __builtin_prefetch(&kd->filt[w]);
 }
 
-void keydir_prefetch_entry(const keydir *kd, const void *key, size_t klen)
-{
-    if (klen == 0 || klen > KEY_MAX)
-        return;
-    keydir_prefetch_entry_h(kd, key_hash(kd, key, klen));
-}
-
 void keydir_prefetch_entry_h(const keydir *kd, uint32_t h)
 {
     /* a key the filter rules out has no entry (a new key: the common case

@@ -41,10 +41,6 @@ int keydir_get(const keydir *kd, const void *key, size_t klen, keydir_loc *loc);
  * slot, so a caller with many keys in hand (a batch) overlaps the cache
  * misses. No effect on contents. */
 void keydir_prefetch(const keydir *kd, const void *key, size_t klen);
-/* The second step for a key whose slot keydir_prefetch brought in a little
- * earlier: prefetches the arena entry of the first slot from its home whose
- * hash tag matches (the entry a replace or a get reads next). */
-void keydir_prefetch_entry(const keydir *kd, const void *key, size_t klen);
 
 /* ---- The same calls with the key's hash computed once by the caller (a
  * batch touches each key three times: two prefetches and the put).
@@ -52,6 +48,9 @@ void keydir_prefetch_entry(const keydir *kd, const void *key, size_t klen);
  * corrupts the index. */
 uint32_t keydir_hash(const keydir *kd, const void *key, size_t klen);
 void keydir_prefetch_h(const keydir *kd, uint32_t h);
+/* The second step for a key whose slot keydir_prefetch_h brought in a
+ * little earlier: prefetches the arena entry of the first slot from its home
+ * whose hash tag matches (the entry a replace or a get reads next). */
 void keydir_prefetch_entry_h(const keydir *kd, uint32_t h);
 int keydir_put_h(keydir *kd, const void *key, size_t klen, uint32_t h, keydir_loc loc,
                  keydir_loc *old);

@@ -401,10 +401,20 @@ int db_rotate(s4kv_db *db, char *err, size_t errlen)
     return rc;
 }
 
-/* ckpt_write's sink for db_checkpoint_locked: the temporary file. Every
- * CKPT_KICK bytes it starts the writeback of what it wrote, so the device
- * works while the rest is encoded and the final fdatasync waits for the
- * last piece only (RocksDB's bytes_per_sync does the same for its files). */
+/* Starts the writeback of fd's bytes [*kicked, upto) once they reach step
+ * bytes, and advances *kicked (RocksDB's bytes_per_sync): the device works
+ * meanwhile, and the fdatasync that follows waits for the last stretch only.
+ * A hint through the vfs, not a sync point. */
+static void writeback_kick(s4kv_db *db, int fd, uint64_t *kicked, uint64_t upto, uint64_t step)
+{
+    if (db->v->writeback && upto > *kicked && upto - *kicked >= step) {
+        db->v->writeback(db->v, fd, *kicked, upto - *kicked);
+        *kicked = upto;
+    }
+}
+
+/* ckpt_write's sink for db_checkpoint_locked: the temporary file, its
+ * writeback started every CKPT_KICK bytes. */
 #define CKPT_KICK ((uint64_t)4 << 20)
 
 typedef struct ckpt_sink {
@@ -424,10 +434,7 @@ static int ckpt_sink_write(void *ctx, const void *buf, size_t len)
         return -1;
     }
     k->off += len;
-    if (k->db->v->writeback && k->off - k->kicked >= CKPT_KICK) {
-        k->db->v->writeback(k->db->v, k->fd, k->kicked, k->off - k->kicked);
-        k->kicked = k->off;
-    }
+    writeback_kick(k->db, k->fd, &k->kicked, k->off, CKPT_KICK);
     return 0;
 }
 
@@ -442,8 +449,7 @@ int db_checkpoint_locked(s4kv_db *db, char *err, size_t errlen)
 {
     int rc;
     segment *a = active_seg(db);
-    if (db->v->writeback)
-        db->v->writeback(db->v, a->fd, 0, a->size);
+    writeback_kick(db, a->fd, &a->kicked, a->size, 0); /* what the appends did not start */
     ckpt_header h = {.generation = db->generation + 1, .pos_seg = a->no, .pos_off = a->size,
                      .next_seq = db->next_seq};
     char name[64], path[4096], tmp[4200];
@@ -644,15 +650,11 @@ static int append_group(s4kv_db *db, writer *head, writer *last, char *err, size
         }
     } else {
         db->unsynced += total;
-        /* Start the writeback of every whole WB_KICK of unsynced appends
-         * (RocksDB's bytes_per_sync), so the fdatasync that seals the
-         * segment, a checkpoint or close waits for the last stretch only,
-         * not for 64 MiB at once (60 ms here, a stall of every writer). */
-        uint64_t end = (off + total) & ~(uint64_t)4095;
-        if (db->v->writeback && end >= a->kicked + WB_KICK) {
-            db->v->writeback(db->v, a->fd, a->kicked, end - a->kicked);
-            a->kicked = end;
-        }
+        /* Whole pages of unsynced appends, every WB_KICK: the fdatasync
+         * that seals the segment, a checkpoint or close then waits for the
+         * last stretch only, not for 64 MiB at once (60 ms here, a stall of
+         * every writer). */
+        writeback_kick(db, a->fd, &a->kicked, (off + total) & ~(uint64_t)4095, WB_KICK);
     }
     int oom = 0;
     pthread_rwlock_wrlock(&db->rw);
