@@ -29,6 +29,9 @@ s3rver_start() {
     [ -r "$script" ] || { echo "s3rver.sh: $script missing (run: make test-deps)" >&2; return 1; }
     S3RVER_DIR=$(mktemp -d "${TMPDIR:-/tmp}/s4kv-s3rver.XXXXXX") || return 1
     log=$S3RVER_DIR.log
+    # Created here, not by the background job's redirection: that runs in the
+    # child, which may not have opened it yet when the loop below first reads.
+    : >"$log" || return 1
     local args=(--address 127.0.0.1 --port 0 --directory "$S3RVER_DIR")
     for b in "$@"; do args+=(--configure-bucket "$b"); done
     NODE_OPTIONS=--openssl-legacy-provider "$node" "$script" "${args[@]}" --silent \
@@ -42,7 +45,7 @@ s3rver_start() {
             S3RVER_PID=
             return 1
         fi
-        port=$(sed -n 's/.*S3rver listening on [0-9.]*:\([0-9][0-9]*\).*/\1/p' "$log" | head -n 1)
+        port=$(sed -n 's/.*S3rver listening on [0-9.]*:\([0-9][0-9]*\).*/\1/p' "$log" 2>/dev/null | head -n 1) || port=
         [ -n "$port" ] && (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
         port=
         sleep 0.05
