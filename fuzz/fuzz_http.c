@@ -6,12 +6,14 @@
  * its pool jobs inline on a real database in a temporary directory.
  *
  * Input: the first byte picks how the rest arrives (bits 0-5: pieces of
- * 1..63 bytes, 0 = all at once) and bit 6 whether the server wants the token
- * "Bearer fuzz"; the rest is what a client sends on one connection. Checks:
+ * 1..63 bytes, 0 = all at once), bit 6 whether the server wants the token
+ * "Bearer fuzz" and bit 7 key listings in pages of 64 bytes (chunked) instead
+ * of 256 KiB; the rest is what a client sends on one connection. Checks:
  * the output is a sequence of whole responses, each "HTTP/1.1 NNN" with a
- * status the server documents, a Content-Length its body matches (or none
- * for HEAD and 100 Continue), never 500 (the database is healthy), nothing
- * after a "Connection: close" response, and as many as the seam counted.
+ * status the server documents, a Content-Length its body matches or a
+ * well-formed chunked body (neither for HEAD and 100 Continue), never 500
+ * (the database is healthy), nothing after a "Connection: close" response,
+ * and as many as the seam counted.
  * The database is recreated every 2,000 inputs, or as soon as it holds more
  * than 64 keys or 64 KiB of live records: a key listing of a large database (GET /v1/keys walks and
  * percent-encodes every key) took most of the time and the exec rate fell
@@ -22,6 +24,7 @@
 #include "daemon.h"
 #include "internal.h"
 
+#include <ctype.h>
 #include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -92,6 +95,30 @@ static int starts_response(const char *p, size_t n)
     return n >= 9 && memcmp(p, "HTTP/1.1 ", 9) == 0;
 }
 
+/* The length of the chunked body at o[0..n) (RFC 9112 7.1: hex size, CRLF,
+ * data, CRLF; a last chunk of 0 and CRLF, no trailers), or 0 if malformed
+ * or cut short. */
+static size_t chunked_len(const char *o, size_t n)
+{
+    size_t off = 0;
+    for (;;) {
+        size_t sz = 0, d = 0;
+        while (off + d < n && d < 16 && isxdigit((unsigned char)o[off + d])) {
+            char ch = o[off + d];
+            sz = sz * 16 + (size_t)(ch <= '9' ? ch - '0' : (ch | 0x20) - 'a' + 10);
+            d++;
+        }
+        if (d == 0 || n - off - d < 2 || memcmp(o + off + d, "\r\n", 2) != 0)
+            return 0;
+        off += d + 2;
+        if (sz == 0)
+            return n - off >= 2 && memcmp(o + off, "\r\n", 2) == 0 ? off + 2 : 0;
+        if (n - off < sz + 2 || memcmp(o + off + sz, "\r\n", 2) != 0)
+            return 0;
+        off += sz + 2;
+    }
+}
+
 /* Walks the output; aborts on anything malformed. Returns the number of
  * final (non-100) responses. */
 static int check_output(const char *o, size_t n)
@@ -118,10 +145,20 @@ static int check_output(const char *o, size_t n)
             continue;
         count++;
         const char *cl = strcasestr(head, "\r\nContent-Length: ");
-        if (!cl)
+        int chunked = strcasestr(head, "\r\nTransfer-Encoding: chunked\r\n") != NULL;
+        if (!cl == !chunked || (chunked && st != 200))
             abort();
-        size_t blen = strtoull(cl + 18, NULL, 10);
         closed = strcasestr(head, "\r\nConnection: close\r\n") != NULL;
+        if (chunked) {
+            /* a listing's chunks, or nothing (HEAD) */
+            size_t blen = chunked_len(o + off, n - off);
+            if (blen)
+                off += blen;
+            else if (!(off == n || starts_response(o + off, n - off)))
+                abort();
+            continue;
+        }
+        size_t blen = strtoull(cl + 18, NULL, 10);
         /* The body follows, unless this answered a HEAD (then the next
          * response or the end follows at once). */
         if (blen <= n - off &&
@@ -159,6 +196,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     cfg.request_timeout_ms = 1000;
     cfg.token = data[0] & 0x40 ? "fuzz" : NULL;
     size_t chunk = data[0] & 0x3f;
+    cfg.list_page_bytes = data[0] & 0x80 ? 64 : 0;
     sbuf out = {0};
     int n = http_feed_for_test(&loop, db, &cfg, data + 1, size - 1, chunk, &out);
     if (n < 0 || out.oom)

@@ -58,6 +58,7 @@ typedef struct http_config {
     uint64_t max_body;
     uint32_t max_connections;
     uint32_t idle_timeout_ms, request_timeout_ms;
+    size_t list_page_bytes; /* bytes of encoded keys a GET /v1/keys page (0 = 256 KiB) */
 } http_config;
 
 typedef struct http_server http_server;

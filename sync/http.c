@@ -8,7 +8,11 @@
  *   GET /v1/keys?prefix=P   live keys in key order, one percent-encoded key
  *                           per line (text/plain), or with "Accept:
  *                           application/json" a JSON array of the same
- *                           percent-encoded strings
+ *                           percent-encoded strings. Optional: after=K
+ *                           (percent-encoded) starts after key K, limit=N
+ *                           (1 .. 2^64-1) stops after N keys; a client
+ *                           pages with limit=N&after=<last key it got>
+ *                           until a page holds fewer than N keys.
  *   POST /v1/batch          an atomic batch of puts and deletes in the binary
  *                           framing below, committed with one s4kv_write -> 204
  *   GET /healthz            "ok" (never needs the token)
@@ -32,6 +36,16 @@
  * The whole body counts against max_body (413). A later record for the same
  * key wins, as in s4kv_write. The batch is committed with one s4kv_write on
  * the thread pool, like a PUT: all of it or none of it.
+ *
+ * A key listing is a snapshot of the matching keys taken when it starts
+ * (s4kv_iter: their bytes plus 16 bytes each, held for the listing's
+ * duration), sent in pages of list_page_bytes (default 256 KiB) of encoded
+ * keys, each encoded by a job of its own on the thread pool. A listing that
+ * fits one page is answered with a Content-Length, as before; a longer one
+ * with "Transfer-Encoding: chunked", one chunk a page, and the next page is
+ * encoded only once the connection's queued output is under 1 MiB: the
+ * memory of a listing of any size is its snapshot plus about two pages,
+ * never the whole response. (HEAD of a longer listing: the chunked head.)
  *
  * Where the engine runs: gets on the loop thread (the keydir lookup and a
  * read of a mapped segment take microseconds), puts, deletes and key
@@ -67,6 +81,7 @@
 #define WRITE_HIGH (8u << 20)
 #define WRITE_LOW (1u << 20)
 #define HDR_VALUE_MAX 8192
+#define LIST_PAGE (256u * 1024) /* default bytes of encoded keys a listing page */
 
 enum route { R_NONE, R_HEALTH, R_METRICS, R_KEYS, R_KV, R_BATCH };
 enum op { OP_GET, OP_PUT, OP_DELETE, OP_KEYS, OP_BATCH, OP_OTHER, OP_N };
@@ -77,6 +92,7 @@ static const int codes[] = {200, 204, 400, 401, 404, 405, 408, 413, 431, 500, 50
 #define NCODES (sizeof codes / sizeof codes[0])
 
 typedef struct conn conn;
+typedef struct listing listing;
 
 struct http_server {
     uv_loop_t *loop;
@@ -135,6 +151,22 @@ struct conn {
     int reject;              /* answered at once, then closed */
     sbuf *capture;           /* test seam: responses go here, not to a socket */
     int nresp;               /* responses captured */
+    /* GET /v1/keys: the query's after= and limit=; the listing being sent */
+    sbuf after;
+    int has_after;
+    uint64_t limit;
+    listing *list;           /* set while a listing is sent; c->job stays 1 */
+};
+
+/* A key listing in progress (GET /v1/keys). The pool job of a page owns it
+ * while `running`; otherwise the loop thread does. */
+struct listing {
+    s4kv_iter *it;           /* NULL until the first page's job creates it */
+    sbuf after;              /* skip keys <= after (while has_after) */
+    int has_after;
+    uint64_t left;           /* keys still to send (limit=) */
+    size_t page;             /* bytes of encoded keys a page */
+    int json, first, started, done, running, head_only, close;
 };
 
 typedef struct wreq {
@@ -151,6 +183,7 @@ typedef struct hjob {
     uv_work_t w;
     conn *c;
     int op, json;
+    listing *list;           /* OP_KEYS */
     sbuf key, body;
     uint64_t reserved;
     uint64_t start_ms;
@@ -250,7 +283,7 @@ static const uint8_t pct_raw[256] = {
 
 /* Appends key k[0..n) percent-encoded (unreserved characters and '/' raw):
  * one table load a byte, no branch chain. */
-static void pct_encode(sbuf *b, const uint8_t *k, size_t n)
+S4KV_NO_COVERAGE static void pct_encode(sbuf *b, const uint8_t *k, size_t n)
 {
     static const char hex[] = "0123456789ABCDEF";
     if (sb_reserve(b, n * 3) != 0)
@@ -316,6 +349,7 @@ static void maybe_free(conn *c)
     sb_free(&c->url);
     sb_free(&c->body);
     sb_free(&c->key);
+    sb_free(&c->after);
     for (int i = 0; i < H_N; i++)
         sb_free(&c->hv[i]);
     free(c);
@@ -331,11 +365,15 @@ static void on_conn_handle_closed(uv_handle_t *hd)
     maybe_free(c);
 }
 
+static void list_free(conn *c);
+
 static void conn_close(conn *c)
 {
     if (c->dead)
         return;
     c->dead = 1;
+    if (c->list && !c->list->running)
+        list_free(c); /* between pages; a running page's job_done frees it */
     if (c->capture)
         return; /* freed by http_feed_for_test (handles stays 1 until then) */
     uv_read_stop((uv_stream_t *)&c->tcp);
@@ -344,6 +382,8 @@ static void conn_close(conn *c)
 }
 
 /* ---- responses */
+
+static void list_next(conn *c);
 
 static void on_write(uv_write_t *w, int status)
 {
@@ -362,16 +402,71 @@ static void on_write(uv_write_t *w, int status)
         conn_close(c);
         return;
     }
+    if (c->list) {
+        list_next(c);
+        return;
+    }
     if (c->wpaused && c->wq < WRITE_LOW) {
         c->wpaused = 0;
         resume(c);
     }
 }
 
+/* Queues head (malloc'd, may be NULL) and body (blen bytes; owned by the
+ * call when bfree is set) for writing, or appends them to the test seam's
+ * capture. close: close the connection once they are written. Returns the
+ * bytes queued, or 0 after closing the connection on a failure. */
+static size_t queue_bytes(conn *c, char *head, size_t hlen, void *body, size_t blen,
+                          void (*bfree)(void *), int close)
+{
+    size_t total = hlen + blen;
+    if (c->capture) { /* the test seam: the bytes are "written" at once */
+        if (hlen)
+            sb_add(c->capture, head, hlen);
+        if (blen)
+            sb_add(c->capture, body, blen);
+        free(head);
+        if (bfree)
+            bfree(body);
+        c->h->bytes_out += total;
+        return total;
+    }
+    wreq *r = calloc(1, sizeof *r);
+    uv_buf_t bufs[2];
+    unsigned n = 0;
+    if (hlen)
+        bufs[n++] = uv_buf_init(head, (unsigned)hlen);
+    if (blen)
+        bufs[n++] = uv_buf_init(body, (unsigned)blen);
+    if (r) {
+        r->w.data = r;
+        r->c = c;
+        r->head = head;
+        r->close = close;
+        r->total = total;
+        r->body = body;
+        r->bfree = bfree;
+    }
+    if (!r || uv_write(&r->w, (uv_stream_t *)&c->tcp, bufs, n, on_write) != 0) {
+        free(r);
+        free(head);
+        if (bfree)
+            bfree(body);
+        conn_close(c);
+        return 0;
+    }
+    c->wq += total;
+    c->h->bytes_out += total;
+    return total;
+}
+
 /* Queues a response. body (blen bytes) is owned by the call when bfree is
- * set; head_only sends the head with the body's Content-Length (HEAD). */
-static void respond(conn *c, int st, const char *ctype, void *body, size_t blen,
-                    void (*bfree)(void *), const char *extra, int head_only)
+ * set; head_only sends the head with the body's Content-Length (HEAD).
+ * chunked: the head says "Transfer-Encoding: chunked" instead of a
+ * Content-Length, body is chunk-framed already, and the connection stays
+ * open (a listing's last chunk closes it when it must; see list_send). */
+static void respond_ex(conn *c, int st, const char *ctype, void *body, size_t blen,
+                       void (*bfree)(void *), const char *extra, int head_only, int chunked)
 {
     http_server *h = c->h;
     if (c->dead) {
@@ -381,7 +476,10 @@ static void respond(conn *c, int st, const char *ctype, void *body, size_t blen,
     }
     int close = c->close_after || c->reject || h->draining || !http_should_keep_alive(&c->p);
     sbuf hd = {0};
-    sb_printf(&hd, "HTTP/1.1 %d %s\r\nContent-Length: %zu\r\n", st, reason(st), blen);
+    if (chunked)
+        sb_printf(&hd, "HTTP/1.1 %d %s\r\nTransfer-Encoding: chunked\r\n", st, reason(st));
+    else
+        sb_printf(&hd, "HTTP/1.1 %d %s\r\nContent-Length: %zu\r\n", st, reason(st), blen);
     if (ctype)
         sb_printf(&hd, "Content-Type: %s\r\n", ctype);
     if (extra)
@@ -389,52 +487,26 @@ static void respond(conn *c, int st, const char *ctype, void *body, size_t blen,
     if (close)
         sb_printf(&hd, "Connection: close\r\n");
     sb_add(&hd, "\r\n", 2);
-    wreq *r = calloc(1, sizeof *r);
-    if (hd.oom || !r) {
+    if (hd.oom) {
         sb_free(&hd);
-        free(r);
         if (bfree)
             bfree(body);
         conn_close(c);
         return;
     }
-    r->w.data = r;
-    r->c = c;
-    r->head = hd.p;
-    r->close = close;
-    uv_buf_t bufs[2] = {uv_buf_init(hd.p, (unsigned)hd.len), uv_buf_init(body, (unsigned)blen)};
-    int n = head_only || blen == 0 ? 1 : 2;
-    r->total = hd.len + (n == 2 ? blen : 0);
-    r->body = body;
-    r->bfree = bfree;
-    int rc;
-    if (c->capture) {
-        /* The test seam: the bytes are "written" at once. */
-        sb_add(c->capture, hd.p, hd.len);
-        if (n == 2)
-            sb_add(c->capture, body, blen);
-        c->nresp++;
-        free(r->head);
+    if (head_only) {
         if (bfree)
             bfree(body);
-        free(r);
-        r = NULL;
-        rc = 0;
-    } else {
-        rc = uv_write(&r->w, (uv_stream_t *)&c->tcp, bufs, (unsigned)n, on_write);
+        body = NULL;
+        blen = 0;
+        bfree = NULL;
     }
-    if (rc) {
-        free(r->head);
-        if (bfree)
-            bfree(body);
-        free(r);
-        conn_close(c);
+    if (c->list)
+        c->list->close = close;
+    /* A chunked head leaves the close to the last chunk (none for HEAD). */
+    if (queue_bytes(c, hd.p, hd.len, body, blen, bfree, close && (!chunked || head_only)) == 0)
         return;
-    }
-    size_t total = hd.len + (n == 2 ? blen : 0);
-    if (r)
-        c->wq += total;
-    h->bytes_out += total;
+    c->nresp++;
     h->requests++;
     count_status(h, st);
     if (c->t_complete_ns) {
@@ -451,6 +523,12 @@ static void respond(conn *c, int st, const char *ctype, void *body, size_t blen,
     } else if (c->wq > WRITE_HIGH) {
         c->wpaused = 1;
     }
+}
+
+static void respond(conn *c, int st, const char *ctype, void *body, size_t blen,
+                    void (*bfree)(void *), const char *extra, int head_only)
+{
+    respond_ex(c, st, ctype, body, blen, bfree, extra, head_only, 0);
 }
 
 static void respond_text(conn *c, int st, const char *text, const char *extra)
@@ -533,6 +611,59 @@ static int batch_decode(const uint8_t *p, size_t n, s4kv_batch *b, char *err, si
     return 0;
 }
 
+/* memcmp order, shorter first on a tie (the order of S4KV_ITER_SORTED). */
+static int key_cmp(const void *a, size_t al, const void *b, size_t bl)
+{
+    int c = memcmp(a, b, al < bl ? al : bl);
+    return c ? c : (al > bl) - (al < bl);
+}
+
+/* On the pool: the next page of a listing into j->out (the first page
+ * creates the snapshot from the prefix in j->key and skips to after=). */
+static void list_page(hjob *j)
+{
+    listing *L = j->list;
+    if (!L->it) {
+        j->rc = s4kv_iter_new(j->c->h->db, j->key.p, j->key.len,
+                              S4KV_ITER_SORTED | S4KV_ITER_KEYS_ONLY, &L->it, j->err,
+                              sizeof j->err);
+        if (j->rc)
+            return;
+        if (L->json)
+            sb_add(&j->out, "[", 1);
+    }
+    while (j->out.len < L->page && !j->out.oom) {
+        /* Keys only: s4kv_iter_next reads no value and cannot fail. */
+        if (L->left == 0 || s4kv_iter_next(L->it, NULL, 0) <= 0) {
+            L->done = 1;
+            break;
+        }
+        size_t kl;
+        const void *k = s4kv_iter_key(L->it, &kl);
+        if (L->has_after) {
+            if (key_cmp(k, kl, L->after.p, L->after.len) <= 0)
+                continue;
+            L->has_after = 0; /* sorted: every later key is past it too */
+        }
+        L->left--;
+        if (L->json) {
+            sb_add(&j->out, L->first ? "\"" : ",\"", L->first ? 1 : 2);
+            pct_encode(&j->out, k, kl);
+            sb_add(&j->out, "\"", 1);
+        } else {
+            pct_encode(&j->out, k, kl);
+            sb_add(&j->out, "\n", 1);
+        }
+        L->first = 0;
+    }
+    if (L->done && L->json)
+        sb_add(&j->out, "]\n", 2);
+    if (j->out.oom) {
+        j->rc = S4KV_ENOMEM;
+        snprintf(j->err, sizeof j->err, "out of memory listing keys");
+    }
+}
+
 static void job_work(uv_work_t *w)
 {
     hjob *j = w->data;
@@ -554,38 +685,60 @@ static void job_work(uv_work_t *w)
             j->rc = s4kv_write(db, b, j->err, sizeof j->err);
         s4kv_batch_free(b);
     } else {
-        s4kv_iter *it = NULL;
-        j->rc = s4kv_iter_new(db, j->key.p, j->key.len, S4KV_ITER_SORTED | S4KV_ITER_KEYS_ONLY,
-                              &it, j->err, sizeof j->err);
-        if (j->json)
-            sb_add(&j->out, "[", 1);
-        int first = 1, r;
-        while (j->rc == 0 && (r = s4kv_iter_next(it, j->err, sizeof j->err)) != 0) {
-            if (r < 0) {
-                j->rc = r;
-                break;
-            }
-            size_t kl;
-            const void *k = s4kv_iter_key(it, &kl);
-            if (j->json) {
-                sb_add(&j->out, first ? "\"" : ",\"", first ? 1 : 2);
-                pct_encode(&j->out, k, kl);
-                sb_add(&j->out, "\"", 1);
-            } else {
-                pct_encode(&j->out, k, kl);
-                sb_add(&j->out, "\n", 1);
-            }
-            first = 0;
-        }
-        if (j->json)
-            sb_add(&j->out, "]\n", 2);
-        s4kv_iter_free(it);
-        if (j->rc == 0 && j->out.oom) {
-            j->rc = S4KV_ENOMEM;
-            snprintf(j->err, sizeof j->err, "out of memory listing keys");
-        }
+        list_page(j);
     }
 }
+
+/* Frees the connection's listing (loop thread, no page job running) and
+ * releases the connection it held. */
+static void list_free(conn *c)
+{
+    listing *L = c->list;
+    if (!L)
+        return;
+    s4kv_iter_free(L->it);
+    sb_free(&L->after);
+    free(L);
+    c->list = NULL;
+    c->job = 0;
+}
+
+/* Sends the page a job encoded: the whole response when the listing fits
+ * one page, else the chunked head or the next chunk (and the last chunk
+ * after the last page, closing the connection then if the head said so). */
+static void list_send(conn *c, hjob *j)
+{
+    listing *L = c->list;
+    const char *ctype = L->json ? "application/json" : "text/plain; charset=utf-8";
+    if (!L->started && L->done) {
+        respond(c, 200, ctype, j->out.p, j->out.len, free, NULL, L->head_only);
+        j->out.p = NULL;
+        return;
+    }
+    sbuf ch = {0};
+    if (j->out.len) {
+        sb_printf(&ch, "%zx\r\n", j->out.len);
+        sb_add(&ch, j->out.p, j->out.len);
+        sb_add(&ch, "\r\n", 2);
+    }
+    if (L->done)
+        sb_add(&ch, "0\r\n\r\n", 5);
+    if (ch.oom) {
+        sb_free(&ch);
+        conn_close(c);
+        return;
+    }
+    if (!L->started) {
+        L->started = 1;
+        respond_ex(c, 200, ctype, ch.p, ch.len, free, NULL, L->head_only, 1);
+        if (L->head_only)
+            L->done = 1;
+    } else {
+        queue_bytes(c, NULL, 0, ch.p, ch.len, free, L->done && L->close);
+    }
+}
+
+static void list_next(conn *c);
 
 static void job_done(uv_work_t *w, int status)
 {
@@ -600,17 +753,29 @@ static void job_done(uv_work_t *w, int status)
     }
     if ((j->op == OP_PUT || j->op == OP_DELETE || j->op == OP_BATCH) && j->rc == 0 && h->owner)
         sync_note_write(h->owner, j->start_ms);
-    if (!c->dead) {
-        if (j->rc) {
-            respond_error(c, status_for(j->rc), j->err);
-        } else if (j->op == OP_KEYS) {
-            size_t n = j->out.len;
-            respond(c, 200, j->json ? "application/json" : "text/plain; charset=utf-8",
-                    j->out.p, n, free, NULL, c->head_only);
-            j->out.p = NULL;
+    if (j->op == OP_KEYS) {
+        listing *L = c->list;
+        L->running = 0;
+        c->job = 1; /* the listing holds the connection until list_free */
+        if (c->dead) {
+            list_free(c);
+        } else if (j->rc) {
+            int started = L->started;
+            list_free(c);
+            if (started)
+                conn_close(c); /* mid-body: the status is sent; cut the response */
+            else
+                respond_error(c, status_for(j->rc), j->err);
         } else {
-            respond(c, 204, NULL, NULL, 0, NULL, NULL, 0);
+            list_send(c, j);
+            if (c->list && (c->list->done || c->dead))
+                list_free(c);
         }
+    } else if (!c->dead) {
+        if (j->rc)
+            respond_error(c, status_for(j->rc), j->err);
+        else
+            respond(c, 204, NULL, NULL, 0, NULL, NULL, 0);
     }
     sb_free(&j->key);
     sb_free(&j->body);
@@ -618,40 +783,107 @@ static void job_done(uv_work_t *w, int status)
     free(j);
     if (c->dead)
         maybe_free(c);
+    else if (c->list)
+        list_next(c);
     else if (!c->capture)
         resume(c);
 }
 
-static int start_job(conn *c, int op)
+static hjob *job_new(conn *c, int op)
 {
     hjob *j = calloc(1, sizeof *j);
     if (!j)
-        return -1;
+        return NULL;
     j->w.data = j;
     j->c = c;
     j->op = op;
+    j->list = c->list;
+    j->start_ms = c->req_start;
+    return j;
+}
+
+/* Runs j: inline for the test seam, else on the pool. -1 when it cannot be
+ * queued (j is then the caller's again). */
+static int job_run(conn *c, hjob *j)
+{
+    if (j->list)
+        j->list->running = 1;
+    c->job = 1;
+    if (c->capture) {
+        job_work(&j->w);
+        job_done(&j->w, 0);
+        return 0;
+    }
+    if (uv_queue_work(c->h->loop, &j->w, job_work, job_done) != 0) {
+        if (j->list)
+            j->list->running = 0;
+        c->job = c->list != NULL;
+        return -1;
+    }
+    return 0;
+}
+
+/* The listing's next page, once the queued output is under WRITE_LOW (from
+ * job_done and on_write). The test seam runs the pages in start_job. */
+static void list_next(conn *c)
+{
+    listing *L = c->list;
+    if (!L || L->running || c->dead || c->capture || c->wq >= WRITE_LOW)
+        return;
+    hjob *j = job_new(c, OP_KEYS);
+    if (!j || job_run(c, j) != 0) {
+        free(j);
+        list_free(c);
+        conn_close(c);
+    }
+}
+
+static int start_job(conn *c, int op)
+{
+    hjob *j = job_new(c, op);
+    if (!j)
+        return -1;
     j->json = c->hv[H_ACCEPT].p && strstr(c->hv[H_ACCEPT].p, "application/json") != NULL;
+    if (op == OP_KEYS) {
+        listing *L = calloc(1, sizeof *L);
+        if (!L) {
+            free(j);
+            return -1;
+        }
+        L->after = c->after;
+        memset(&c->after, 0, sizeof c->after);
+        L->has_after = c->has_after;
+        L->left = c->limit;
+        L->page = c->h->cfg.list_page_bytes ? c->h->cfg.list_page_bytes : LIST_PAGE;
+        L->json = j->json;
+        L->first = 1;
+        L->head_only = c->head_only;
+        c->list = j->list = L;
+    }
     j->key = c->key;
     memset(&c->key, 0, sizeof c->key);
     j->body = c->body;
     memset(&c->body, 0, sizeof c->body);
     j->reserved = c->reserved;
     c->reserved = 0;
-    j->start_ms = c->req_start;
-    if (c->capture) { /* the test seam runs the job inline */
-        c->job = 1;
-        job_work(&j->w);
-        job_done(&j->w, 0);
-        return 0;
-    }
-    if (uv_queue_work(c->h->loop, &j->w, job_work, job_done) != 0) {
+    if (job_run(c, j) != 0) {
         c->key = j->key;
         c->body = j->body;
         c->reserved = j->reserved;
         free(j);
+        list_free(c);
         return -1;
     }
-    c->job = 1;
+    /* The test seam: the pages of a listing, one after the other. */
+    while (c->capture && c->list && !c->dead) {
+        hjob *k = job_new(c, OP_KEYS);
+        if (!k) {
+            list_free(c);
+            conn_close(c);
+            break;
+        }
+        job_run(c, k);
+    }
     return 0;
 }
 
@@ -732,6 +964,9 @@ static int on_message_begin(http_parser *p)
     c->url.len = 0;
     c->body.len = 0;
     c->key.len = 0;
+    c->after.len = 0;
+    c->has_after = 0;
+    c->limit = UINT64_MAX;
     for (int i = 0; i < H_N; i++) {
         c->hv[i].len = 0;
         if (c->hv[i].p)
@@ -832,7 +1067,7 @@ static void route(conn *c)
         c->route = R_KEYS;
         c->op = OP_KEYS;
         if (!get) {
-            set_status(c, 405, "GET /v1/keys?prefix=P");
+            set_status(c, 405, "GET /v1/keys?prefix=P&after=K&limit=N");
             return;
         }
         while (q && *q) {
@@ -843,6 +1078,26 @@ static void route(conn *c)
                     set_status(c, 400, "bad percent-encoding in the prefix");
                 else if (rc)
                     set_status(c, 503, "out of memory");
+            } else if (n >= 6 && memcmp(q, "after=", 6) == 0) {
+                int rc = pct_decode(q + 6, n - 6, &c->after);
+                c->has_after = 1;
+                if (rc == -1)
+                    set_status(c, 400, "bad percent-encoding in after=");
+                else if (rc)
+                    set_status(c, 503, "out of memory");
+            } else if (n >= 6 && memcmp(q, "limit=", 6) == 0) {
+                uint64_t v = 0;
+                size_t i = 6;
+                for (; i < n && q[i] >= '0' && q[i] <= '9'; i++) {
+                    unsigned d = (unsigned)(q[i] - '0');
+                    if (v > (UINT64_MAX - d) / 10)
+                        break;
+                    v = v * 10 + d;
+                }
+                if (i == 6 || i != n)
+                    set_status(c, 400, "limit= must be a number from 0 to 18446744073709551615");
+                else
+                    c->limit = v;
             }
             q += n;
             if (*q != '&')
@@ -1056,7 +1311,9 @@ static void on_conn_timer(uv_timer_t *t)
     if (c->dead)
         return;
     uint64_t now = uv_now(h->loop), idle = h->cfg.idle_timeout_ms;
-    if (c->job || (c->wq && now - c->last_io < idle)) {
+    /* A listing waiting for its client to read is idle like any backlog. */
+    int busy = c->job && !(c->list && !c->list->running);
+    if (busy || (c->wq && now - c->last_io < idle)) {
         uv_timer_start(&c->timer, on_conn_timer, idle, 0);
         return;
     }

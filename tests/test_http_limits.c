@@ -9,7 +9,8 @@
  * reads its responses holds at most the write backlog of http.c (8 MiB), not
  * everything it asked for; the bytes of the answers do not depend on how
  * the request bytes are cut into reads (through the fuzz seam,
- * http_feed_for_test). (Bad percent-encoding and unknown routes are in
+ * http_feed_for_test); key listings sent in pages (chunked past one page,
+ * after= and limit=, to a client that reads late). (Bad percent-encoding and unknown routes are in
  * test_daemon.c.)
  *
  * The server is the sync loop with the limits set small through
@@ -695,6 +696,66 @@ Test(http_limits, a_client_that_never_reads_holds_a_bounded_backlog, .timeout = 
     server_stop(&s);
 }
 
+/* ---- a long key listing, streamed */
+
+Test(http_limits, a_long_key_listing_streams_in_chunks_to_a_slow_reader, .timeout = 180)
+{
+    const int N = 400000; /* ~10 MB of listing: 40 pages of 256 KiB */
+    limits l = {.max_connections = 64, .idle_ms = 20000, .request_ms = 20000,
+                .max_body = 16u << 20};
+    server s;
+    server_start(&s, &l);
+    /* one batch of N puts: 24-byte keys "lst-%07d-abcdefghijkl", values empty */
+    size_t cap = (size_t)N * 40, len = 0;
+    uint8_t *b = malloc(cap);
+    cr_assert(b);
+    for (int i = 0; i < N; i++) {
+        char k[32];
+        /* inserted in a scrambled order (7 and N are coprime) */
+        uint32_t kl = (uint32_t)snprintf(k, sizeof k, "lst-%07d-abcdefghijkl", (int)((i * 7L) % N));
+        b[len] = 1;
+        memcpy(b + len + 1, &kl, 4);
+        memset(b + len + 5, 0, 4);
+        memcpy(b + len + 9, k, kl);
+        len += 9 + kl;
+    }
+    tu_resp r = tu_http(s.port, "POST", "/v1/batch", b, len, NULL);
+    cr_assert_eq(r.status, 204, "%s %s", r.head, r.body);
+    free(r.body);
+    free(b);
+    /* A client that waits before it reads: 10 MB do not fit the socket
+     * buffers, so the server waits for it between pages (on_write -> the
+     * next page). */
+    int fd = tu_tcp_connect(s.port);
+    cr_assert(fd >= 0);
+    const char *req = "GET /v1/keys?prefix=lst- HTTP/1.1\r\n\r\nGET /healthz HTTP/1.1\r\n\r\n";
+    tu_send_all(fd, req, strlen(req));
+    tu_sleep_ms(300);
+    tu_read_resp(fd, &r);
+    cr_assert_eq(r.status, 200, "%s", r.head);
+    cr_assert(r.chunks >= 20, "%d chunks for %zu bytes", r.chunks, r.blen);
+    cr_assert_eq(r.blen, (size_t)N * 25);
+    for (int i = 0; i < N; i++) {
+        char k[32];
+        snprintf(k, sizeof k, "lst-%07d-abcdefghijkl\n", i);
+        cr_assert(memcmp(r.body + (size_t)i * 25, k, 25) == 0, "line %d: %.25s", i,
+                  r.body + (size_t)i * 25);
+    }
+    free(r.body);
+    tu_resp h;
+    tu_read_resp(fd, &h); /* the pipelined request after the listing */
+    cr_assert(h.status == 200 && strcmp(h.body, "ok\n") == 0, "%s", h.head);
+    free(h.body);
+    close(fd);
+    /* The CLI (libcurl) on the daemon's directory: the same keys. */
+    tu_res c = RUN(s.dir, "keys", "--prefix", "lst-000001");
+    cr_assert_eq(c.rc, 0, "%s", c.err);
+    cr_assert_eq(strlen(c.out), 10 * 25, "%s", c.out);
+    cr_assert(strncmp(c.out, "lst-0000010-abcdefghijkl\n", 25) == 0, "%s", c.out);
+    tu_res_free(&c);
+    server_stop(&s);
+}
+
 /* ---- reads cut anywhere (the fuzz seam, fuzz/fuzz_http.c) */
 
 /* The responses to `in` fed in pieces of `chunk` bytes to a fresh database. */
@@ -776,4 +837,157 @@ Test(http_limits, answers_do_not_depend_on_how_reads_cut_the_requests)
         free(cut);
     }
     free(whole);
+}
+
+/* ---- key listings in pages (GET /v1/keys through the seam) */
+
+/* One response of a captured stream: its status, whether it was chunked,
+ * and its body (chunks joined). Advances *p; asserts on any framing error. */
+static int next_resp(const char **p, const char *end, int *chunked, sbuf *body)
+{
+    const char *s = *p;
+    const char *he = memmem(s, (size_t)(end - s), "\r\n\r\n", 4);
+    cr_assert(he && strncmp(s, "HTTP/1.1 ", 9) == 0, "not a response head: %.80s", s);
+    int st = atoi(s + 9);
+    char head[1024];
+    size_t hl = (size_t)(he - s) + 4;
+    cr_assert(hl < sizeof head);
+    memcpy(head, s, hl);
+    head[hl] = 0;
+    body->len = 0;
+    sb_add(body, "", 0);
+    const char *cl = strcasestr(head, "\r\nContent-Length: ");
+    *chunked = strcasestr(head, "\r\nTransfer-Encoding: chunked\r\n") != NULL;
+    cr_assert(!!cl != *chunked, "exactly one of Content-Length and chunked: %s", head);
+    s = he + 4;
+    if (cl) {
+        size_t n = strtoull(cl + 18, NULL, 10);
+        cr_assert((size_t)(end - s) >= n, "body cut short");
+        sb_add(body, s, n);
+        s += n;
+    } else {
+        for (;;) {
+            char *e;
+            size_t n = strtoull(s, &e, 16);
+            cr_assert(e > s && e + 2 <= end && e[0] == '\r' && e[1] == '\n', "chunk size line");
+            s = e + 2;
+            if (n == 0) {
+                cr_assert(s + 2 <= end && s[0] == '\r' && s[1] == '\n', "last chunk's CRLF");
+                s += 2;
+                break;
+            }
+            cr_assert((size_t)(end - s) >= n + 2 && s[n] == '\r' && s[n + 1] == '\n',
+                      "chunk of %zu bytes cut short", n);
+            sb_add(body, s, n);
+            s += n + 2;
+        }
+    }
+    *p = s;
+    return st;
+}
+
+static sbuf feed_db(s4kv_db *db, size_t page, const char *in, int *nresp)
+{
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    http_config cfg = {.max_body = 4096, .max_connections = 16, .list_page_bytes = page};
+    cfg.idle_timeout_ms = cfg.request_timeout_ms = 1000;
+    sbuf out = {0};
+    *nresp = http_feed_for_test(&loop, db, &cfg, in, strlen(in), 0, &out);
+    uv_loop_close(&loop);
+    cr_assert(!out.oom);
+    return out;
+}
+
+Test(http_limits, key_listings_are_sent_in_pages)
+{
+    char *dir = tu_tmpdir("http-list");
+    s4kv_options o;
+    s4kv_options_init(&o);
+    o.sync_mode = S4KV_SYNC_NONE;
+    o.log = quiet;
+    s4kv_db *db;
+    char err[512];
+    cr_assert_eq(s4kv_open(dir, &o, &db, err, sizeof err), 0, "%s", err);
+    /* 300 keys, every 7th with a space (sent as %20), inserted out of order */
+    sbuf all = {0}, json = {0};
+    sb_add(&json, "[", 1);
+    for (int i = 0; i < 300; i++) {
+        char k[32];
+        int kl = snprintf(k, sizeof k, "key-%04d%s", (i * 7) % 300, (i * 7) % 300 % 7 ? "" : " x");
+        cr_assert_eq(s4kv_put(db, k, (size_t)kl, "v", 1, err, sizeof err), 0, "%s", err);
+    }
+    for (int i = 0; i < 300; i++) {
+        char k[32];
+        snprintf(k, sizeof k, "key-%04d%s", i, i % 7 ? "" : "%20x");
+        sb_printf(&all, "%s\n", k);
+        sb_printf(&json, "%s\"%s\"", i ? "," : "", k);
+    }
+    sb_add(&json, "]\n", 2);
+    const char *in = "GET /v1/keys HTTP/1.1\r\n\r\n"
+                     "GET /v1/keys HTTP/1.1\r\nAccept: application/json\r\n\r\n"
+                     "GET /v1/keys?prefix=key-01&after=key-0150&limit=20 HTTP/1.1\r\n\r\n"
+                     "GET /v1/keys?limit=3&after=key-0006%20x HTTP/1.1\r\n\r\n"
+                     "GET /v1/keys?limit=0 HTTP/1.1\r\n\r\n"
+                     "GET /v1/keys?after=key-0299 HTTP/1.1\r\n\r\n"
+                     "HEAD /v1/keys HTTP/1.1\r\n\r\n"
+                     "GET /v1/keys?limit=abc HTTP/1.1\r\n\r\n"
+                     "GET /v1/keys?limit=18446744073709551616 HTTP/1.1\r\n\r\n"
+                     "GET /v1/keys?after=%zz HTTP/1.1\r\n\r\n"
+                     "GET /v1/keys?prefix=key-02 HTTP/1.1\r\nConnection: close\r\n\r\n"
+                     "GET /healthz HTTP/1.1\r\n\r\n"; /* after close: never answered */
+    sbuf range = {0};
+    for (int i = 151; i <= 170; i++)
+        sb_printf(&range, "key-%04d%s\n", i, i % 7 ? "" : "%20x");
+    sbuf tail = {0};
+    for (int i = 200; i < 300; i++)
+        sb_printf(&tail, "key-%04d%s\n", i, i % 7 ? "" : "%20x");
+    /* Pages of 64 bytes (chunked) and of the default 256 KiB (one body):
+     * the same keys, byte for byte. */
+    static const size_t pages[] = {64, 1, 0};
+    for (size_t pi = 0; pi < sizeof pages / sizeof pages[0]; pi++) {
+        int n;
+        sbuf out = feed_db(db, pages[pi], in, &n);
+        cr_assert_eq(n, 11, "page %zu: %d responses:\n%s", pages[pi], n, out.p);
+        const char *p = out.p, *end = out.p + out.len;
+        sbuf b = {0};
+        int ch, multi = pages[pi] != 0;
+        cr_assert_eq(next_resp(&p, end, &ch, &b), 200);
+        cr_assert(ch == multi && b.len == all.len && memcmp(b.p, all.p, all.len) == 0,
+                  "page %zu: listing:\n%s", pages[pi], b.p);
+        cr_assert_eq(next_resp(&p, end, &ch, &b), 200);
+        cr_assert(ch == multi && strcmp(b.p, json.p) == 0, "JSON:\n%s", b.p);
+        cr_assert_eq(next_resp(&p, end, &ch, &b), 200);
+        cr_assert(strcmp(b.p, range.p) == 0, "prefix+after+limit:\n%s", b.p);
+        cr_assert_eq(next_resp(&p, end, &ch, &b), 200);
+        cr_assert_str_eq(b.p, "key-0007%20x\nkey-0008\nkey-0009\n"); /* after= need not exist */
+        cr_assert_eq(next_resp(&p, end, &ch, &b), 200);
+        cr_assert(!ch && b.len == 0, "limit=0: an empty body");
+        cr_assert_eq(next_resp(&p, end, &ch, &b), 200);
+        cr_assert(!ch && b.len == 0, "after the last key: an empty body");
+        /* HEAD: the head only (chunked when the listing is), then the
+         * next response at once */
+        const char *hd = p;
+        const char *he = memmem(hd, (size_t)(end - hd), "\r\n\r\n", 4);
+        cr_assert(he && strncmp(hd, "HTTP/1.1 200 ", 13) == 0);
+        cr_assert(!!memmem(hd, (size_t)(he - hd), "Transfer-Encoding: chunked", 26) == multi);
+        p = he + 4;
+        cr_assert_eq(next_resp(&p, end, &ch, &b), 400, "limit=abc");
+        cr_assert(strstr(b.p, "limit="), "%s", b.p);
+        cr_assert_eq(next_resp(&p, end, &ch, &b), 400, "limit past 2^64-1");
+        cr_assert_eq(next_resp(&p, end, &ch, &b), 400, "after=%%zz");
+        const char *last = p;
+        cr_assert_eq(next_resp(&p, end, &ch, &b), 200);
+        cr_assert(strstr(last, "Connection: close\r\n") < (const char *)memmem(last, (size_t)(end - last), "\r\n\r\n", 4));
+        cr_assert(strcmp(b.p, tail.p) == 0, "prefix key-02:\n%s", b.p);
+        cr_assert(p == end, "bytes after the Connection: close listing:\n%s", p);
+        sb_free(&b);
+        sb_free(&out);
+    }
+    sb_free(&all);
+    sb_free(&json);
+    sb_free(&range);
+    sb_free(&tail);
+    s4kv_close(db);
+    tu_rmtree_free(dir);
 }

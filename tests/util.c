@@ -298,6 +298,55 @@ void tu_send_all(int fd, const void *p, size_t n)
     }
 }
 
+/* One CRLF-terminated line (without it) into buf. */
+static void read_line(int fd, char *buf, size_t cap)
+{
+    size_t n = 0;
+    for (;;) {
+        cr_assert(n < cap - 1, "chunk line too long");
+        cr_assert(recv(fd, buf + n, 1, 0) == 1, "connection closed in a chunked body");
+        n++;
+        if (n >= 2 && buf[n - 2] == '\r' && buf[n - 1] == '\n')
+            break;
+    }
+    buf[n - 2] = 0;
+}
+
+/* A "Transfer-Encoding: chunked" body (RFC 9112 section 7.1; no trailers)
+ * into r->body, r->blen; r->chunks counts its chunks. */
+static void read_chunked(int fd, tu_resp *r)
+{
+    size_t cap = 4096;
+    r->body = malloc(cap);
+    cr_assert(r->body);
+    for (;;) {
+        char line[64];
+        read_line(fd, line, sizeof line);
+        char *e;
+        size_t n = strtoull(line, &e, 16);
+        cr_assert(e > line && *e == 0, "bad chunk size line '%s'", line);
+        if (n == 0)
+            break;
+        r->chunks++;
+        while (r->blen + n + 1 > cap)
+            cap *= 2;
+        r->body = realloc(r->body, cap);
+        cr_assert(r->body);
+        for (size_t got = 0; got < n;) {
+            ssize_t g = recv(fd, r->body + r->blen + got, n - got, 0);
+            cr_assert(g > 0, "chunk cut short");
+            got += (size_t)g;
+        }
+        r->blen += n;
+        read_line(fd, line, sizeof line);
+        cr_assert(line[0] == 0, "no CRLF after a chunk");
+    }
+    char line[64];
+    read_line(fd, line, sizeof line);
+    cr_assert(line[0] == 0, "trailers are not expected: '%s'", line);
+    r->body[r->blen] = 0;
+}
+
 void tu_read_resp(int fd, tu_resp *r)
 {
     memset(r, 0, sizeof *r);
@@ -314,6 +363,10 @@ void tu_read_resp(int fd, tu_resp *r)
     r->head[n] = 0;
     cr_assert(sscanf(r->head, "HTTP/1.1 %d", &r->status) == 1, "%s", r->head);
     const char *cl = strcasestr(r->head, "\r\nContent-Length:");
+    if (!cl && strcasestr(r->head, "\r\nTransfer-Encoding: chunked\r\n")) {
+        read_chunked(fd, r);
+        return;
+    }
     cr_assert(cl, "no Content-Length: %s", r->head);
     r->blen = strtoul(cl + 17, NULL, 10);
     r->body = malloc(r->blen + 1);

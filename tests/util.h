@@ -55,8 +55,9 @@ typedef struct tu_resp {
     char head[4096];
     char *body;        /* malloc'd, NUL-terminated; free() it */
     size_t blen;
+    int chunks;        /* chunks of a chunked body (0: Content-Length) */
 } tu_resp;
-/* Reads one Content-Length framed response from fd. */
+/* Reads one response from fd, framed by Content-Length or chunked. */
 void tu_read_resp(int fd, tu_resp *r);
 /* One request on a new connection; extra is more header lines ("K: v\r\n"),
  * or NULL. */
