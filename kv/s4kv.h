@@ -415,7 +415,9 @@ int s4kv_s3_stats(s4kv_db *db, s4kv_s3_report *rep);
  *  - when garbage_bytes / segment_bytes reaches compact_ratio (and garbage is
  *    at least compact_min_garbage bytes) it runs s4kv_compact on the pool,
  *    then uploads. The compaction is online: reads and writes go on, and the
- *    loop reports its longest stall (s4kv_compact_stats).
+ *    loop reports its longest stall (s4kv_compact_stats). Garbage left by
+ *    writes made during a compaction counts for the next one, so it is
+ *    reclaimed even when no write follows.
  *  - with a listen address it also serves HTTP/1.1 on the same loop (the
  *    routes and limits are at the top of sync/http.c).
  * The loop logs one line per event through `log` ("info upload done: ...",
@@ -435,8 +437,9 @@ typedef struct s4kv_sync_options {
                                    segment_bytes (s4kv_stats) reaches this; 0 = never;
                                    otherwise in (0, 1] */
     uint64_t compact_min_garbage; /* default 1 MiB: and only when garbage_bytes is at
-                                   least this (and grew by this since the last
-                                   compaction) */
+                                   least this, and this more than the last
+                                   compaction with no write beside it left (what
+                                   no compaction reclaims: headers) */
     uint32_t retry_max_ms;      /* default 30000: cap of the delay between failed
                                    uploads; >= interval_ms is not required */
     const char *listen;         /* NULL (default) = no HTTP server. "HOST:PORT" with an

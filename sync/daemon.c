@@ -63,6 +63,7 @@ typedef struct job {
     uint64_t compact_ms;       /* whole duration */
     uint64_t compact_pause_ms; /* its longest stall (s4kv_compact_stats), rounded up */
     uint64_t garbage_after;
+    int written_beside;       /* next_seq moved while the compaction ran */
     uint64_t covered_seq;     /* next_seq read before the upload's snapshot */
     uint64_t covered_t;       /* loop-clock ms of that read */
     uint64_t start_t, end_t;
@@ -96,7 +97,8 @@ struct s4kv_sync_loop {
     uint32_t active_no;
     uint64_t active_since;    /* first write into the active segment, 0 = empty */
     uint64_t next_try_t;      /* backoff: no upload before this */
-    uint64_t garbage_base;    /* garbage left by the last compaction */
+    uint64_t garbage_base;    /* garbage left by the last compaction that ran with no
+                                 write beside it (see job_done) */
     uint64_t compact_not_before;
     job *running;             /* the job in flight, or NULL */
     int missed_tick;          /* a tick found a job running */
@@ -494,7 +496,9 @@ static int want_compaction(s4kv_sync_loop *s, const s4kv_stats *st, uint64_t now
 {
     if (s->o.compact_ratio <= 0 || !st->segment_bytes || now < s->compact_not_before)
         return 0;
-    if (st->garbage_bytes < s->o.compact_min_garbage ||
+    /* More than the base, even with compact_min_garbage 0: compacting what
+     * the last compaction could not reclaim would gain nothing, every tick. */
+    if (st->garbage_bytes < s->o.compact_min_garbage || st->garbage_bytes <= s->garbage_base ||
         st->garbage_bytes < s->garbage_base + s->o.compact_min_garbage)
         return 0;
     return (double)st->garbage_bytes / (double)st->segment_bytes >= s->o.compact_ratio;
@@ -537,15 +541,20 @@ static void job_work(uv_work_t *w)
     s4kv_sync_loop *s = j->w.loop->data;
     uint64_t off = j->start_t - mono_ms(s); /* loop clock = mono + off (mod 2^64) */
     if (j->kind == JOB_COMPACT) {
+        s4kv_stats st;
+        uint64_t seq0 = s4kv_stats_get(s->db, &st) == 0 ? st.next_seq : 0;
         uint64_t t0 = mono_ms(s);
         j->compact_rc = s4kv_compact(s->db, j->compact_err, sizeof j->compact_err);
         j->compact_ms = mono_ms(s) - t0;
         uint64_t pause_us = 0;
         s4kv_compact_stats(s->db, NULL, &pause_us, NULL);
         j->compact_pause_ms = (pause_us + 999) / 1000;
-        s4kv_stats st;
-        if (s4kv_stats_get(s->db, &st) == 0)
+        if (s4kv_stats_get(s->db, &st) == 0) {
             j->garbage_after = st.garbage_bytes;
+            j->written_beside = st.next_seq != seq0;
+        } else {
+            j->written_beside = 1; /* unknown: do not raise the base */
+        }
     }
     if (j->seal) {
         j->rc = s4kv_seal(s->db, &j->sealed, j->err, sizeof j->err);
@@ -608,11 +617,22 @@ static void job_done(uv_work_t *w, int status)
         }
         pthread_mutex_unlock(&s->mu);
         if (j->compact_rc == 0) {
-            s->garbage_base = j->garbage_after;
+            /* The base is the garbage no compaction can reclaim, so the next
+             * one waits for compact_min_garbage more than that. s4kv_compact
+             * seals the active segment and rewrites every sealed one, so a
+             * compaction with no write beside it leaves only such garbage
+             * (segment and batch headers). Writes beside it leave garbage the
+             * next compaction reclaims (stale copies in its outputs,
+             * overwritten records in the segments written since its seal):
+             * counting that in the base would keep it until even more garbage
+             * came, forever on an idle database. Such a compaction leaves the
+             * base as it was. */
+            if (!j->written_beside)
+                s->garbage_base = j->garbage_after;
             s->force_upload = 1;
             sync_log(s, "info", "compaction done: pause_ms=%" PRIu64 " duration_ms=%" PRIu64
-                     " garbage_after=%" PRIu64, j->compact_pause_ms, j->compact_ms,
-                     j->garbage_after);
+                     " garbage_after=%" PRIu64 "%s", j->compact_pause_ms, j->compact_ms,
+                     j->garbage_after, j->written_beside ? " (writes beside it)" : "");
         } else {
             /* Do not retry it every tick: wait 10 intervals. */
             s->compact_not_before = now + 10ull * s->o.interval_ms;

@@ -4,7 +4,8 @@
  * daemon serving HTTP. Acknowledged writes reach S3 within the bound and a
  * fresh remote reader sees them; an idle database sends no S3 request; an
  * S3 outage leaves local writes working and is caught up afterwards with
- * the lag in the metrics; HTTP answers bad input with clear statuses; SIGTERM
+ * the lag in the metrics; garbage written beside a compaction is compacted
+ * with no further write; HTTP answers bad input with clear statuses; SIGTERM
  * with a request in flight finishes it, uploads and exits 0.
  */
 #include <ctype.h>
@@ -297,6 +298,162 @@ Test(daemon, compaction_when_garbage_passes_the_ratio, .timeout = 120)
     s4kv_sync_metrics_get(sl, &m2);
     cr_assert_eq(m2.compactions, m.compactions, "compacted again without new garbage");
     remote_check("s3://bkt/cmp/", s.endpoint, kp, vp, K);
+    cr_assert_eq(s4kv_sync_stop(sl, err, sizeof err), 0, "%s", err);
+    s4kv_close(db);
+    tu_s3_stop(&s);
+    tu_rmtree_free(dir);
+}
+
+/* ---- A compaction with writes beside it (deterministic: the writes run in
+ * the progress callback, on the compacting pool thread, while the copy runs
+ * and no lock is held). They leave garbage the compaction did not reclaim:
+ * stale copies in its outputs and overwritten records in the segments
+ * written since its seal. No write follows, so only the loop can reclaim it. */
+
+typedef struct beside {
+    s4kv_db *db;
+    int armed, fired, rc;
+    char err[512];
+} beside;
+
+enum { BK = 50, BROUNDS_BEFORE = 10, BROUNDS_BESIDE = 20 };
+
+/* Round r's value of key i: 200 pseudo-random hex digits (Snappy leaves them
+ * as they are, so each record is ~230 bytes). */
+static void beside_val(int r, int i, char *v, size_t cap)
+{
+    uint32_t x = 2654435761u * (uint32_t)(r * BK + i + 1);
+    int n = snprintf(v, cap, "r%d-", r);
+    for (; n < 200 && (size_t)n + 1 < cap; n++) {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        v[n] = "0123456789abcdef"[x & 15];
+    }
+    v[n] = 0;
+}
+
+static int beside_put_rounds(s4kv_db *db, int from, int to, char *err, size_t errlen)
+{
+    for (int r = from; r < to; r++)
+        for (int i = 0; i < BK; i++) {
+            char k[16], v[256];
+            snprintf(k, sizeof k, "b%02d", i);
+            beside_val(r, i, v, sizeof v);
+            int rc = s4kv_put(db, k, strlen(k), v, strlen(v), err, errlen);
+            if (rc)
+                return rc;
+        }
+    return 0;
+}
+
+static void beside_progress(void *ctx, const char *phase, uint64_t done, uint64_t total)
+{
+    beside *b = ctx;
+    if (strcmp(phase, "compact") != 0 || !b->armed || b->fired)
+        return;
+    b->fired = 1;
+    b->rc = beside_put_rounds(b->db, BROUNDS_BEFORE, BROUNDS_BEFORE + BROUNDS_BESIDE, b->err,
+                              sizeof b->err);
+}
+
+Test(daemon, garbage_written_beside_a_compaction_is_compacted_when_idle, .timeout = 120)
+{
+    tu_s3 s;
+    tu_s3_start(&s, "bkt");
+    char *dir = tu_tmpdir("daemon-beside");
+    beside b = {0};
+    s4kv_options dopt;
+    s4kv_options_init(&dopt);
+    dopt.sync_mode = S4KV_SYNC_NONE;
+    dopt.max_segment_bytes = 65536;
+    dopt.log = dlog;
+    dopt.progress = beside_progress;
+    dopt.progress_ctx = &b;
+    s4kv_db *db = NULL;
+    char err[512] = "";
+    cr_assert_eq(s4kv_open(dir, &dopt, &db, err, sizeof err), 0, "%s", err);
+    b.db = db;
+    /* ~115 KB of log, 90% garbage: the loop's first tick compacts. */
+    cr_assert_eq(beside_put_rounds(db, 0, BROUNDS_BEFORE, err, sizeof err), 0, "%s", err);
+    b.armed = 1;
+    pthread_mutex_lock(&log_mu);
+    logbuf[0] = 0;
+    pthread_mutex_unlock(&log_mu);
+    const uint64_t min_garbage = 16 * 1024;
+    s4kv_sync_options o = sync_opts("s3://bkt/beside/", s.endpoint, 100);
+    o.compact_min_garbage = min_garbage;
+    s4kv_sync_loop *sl = NULL;
+    cr_assert_eq(s4kv_sync_start(db, &o, &sl, err, sizeof err), 0, "%s", err);
+
+    /* The first compaction, with 1,000 overwrites (~230 KB) beside it. */
+    long long t0 = tu_now_ms();
+    s4kv_sync_metrics m;
+    for (;;) {
+        s4kv_sync_metrics_get(sl, &m);
+        if (m.compactions + m.compaction_failures >= 1)
+            break;
+        cr_assert(tu_now_ms() - t0 < 10000, "no compaction in 10 s; log:\n%s", log_tail());
+        tu_sleep_ms(10);
+    }
+    cr_assert_eq(m.compaction_failures, 0, "%s", m.last_error);
+    cr_assert_eq(b.fired, 1, "the writes did not run beside the first compaction");
+    cr_assert_eq(b.rc, 0, "put beside the compaction: %s", b.err);
+    /* The scenario: what the first compaction left passes the thresholds. */
+    unsigned long long after = 0;
+    pthread_mutex_lock(&log_mu);
+    const char *l = strstr(logbuf, "compaction done:");
+    const char *g = l ? strstr(l, "garbage_after=") : NULL;
+    if (g)
+        sscanf(g, "garbage_after=%llu", &after);
+    pthread_mutex_unlock(&log_mu);
+    cr_assert(after >= 2 * min_garbage, "the first compaction left %llu bytes of garbage, "
+              "expected the writes beside it to leave more; log:\n%s", after, log_tail());
+
+    /* No write from here on: the loop alone must get under the threshold. */
+    s4kv_stats st;
+    t0 = tu_now_ms();
+    for (;;) {
+        s4kv_sync_metrics_get(sl, &m);
+        s4kv_stats_get(db, &st);
+        if (m.compactions >= 2 && st.garbage_bytes < min_garbage)
+            break;
+        cr_assert(tu_now_ms() - t0 < 5000,
+                  "idle for 5 s (50 intervals) with %llu of %llu bytes garbage left beside the "
+                  "first compaction (%llu compactions, failures %llu: %s); log:\n%s",
+                  (unsigned long long)st.garbage_bytes, (unsigned long long)st.segment_bytes,
+                  (unsigned long long)m.compactions, (unsigned long long)m.compaction_failures,
+                  m.last_error, log_tail());
+        tu_sleep_ms(20);
+    }
+    cr_assert_eq(m.compaction_failures, 0, "%s", m.last_error);
+    /* ... and then stay quiet: no compaction of what cannot be reclaimed. */
+    wait_caught_up(sl, db, 10000);
+    tu_sleep_ms(150); /* let an upload started by a late tick finish */
+    s4kv_sync_metrics_get(sl, &m);
+    tu_sleep_ms(1000);
+    s4kv_sync_metrics m2;
+    s4kv_sync_metrics_get(sl, &m2);
+    cr_assert_eq(m2.compactions, m.compactions, "compacted again without new garbage; log:\n%s",
+                 log_tail());
+    cr_assert_eq(m2.uploads, m.uploads, "uploaded again while idle");
+    /* Every key holds its last value, locally and in S3. */
+    static char keys[BK][16], vals[BK][256];
+    const char *kp[BK], *vp[BK];
+    for (int i = 0; i < BK; i++) {
+        snprintf(keys[i], sizeof keys[i], "b%02d", i);
+        beside_val(BROUNDS_BEFORE + BROUNDS_BESIDE - 1, i, vals[i], sizeof vals[i]);
+        kp[i] = keys[i];
+        vp[i] = vals[i];
+        void *v = NULL;
+        size_t vl = 0;
+        cr_assert_eq(s4kv_get(db, keys[i], strlen(keys[i]), &v, &vl, err, sizeof err), 0, "%s",
+                     err);
+        cr_assert(vl == strlen(vals[i]) && memcmp(v, vals[i], vl) == 0, "%s: wrong value",
+                  keys[i]);
+        s4kv_free(v);
+    }
+    remote_check("s3://bkt/beside/", s.endpoint, kp, vp, BK);
     cr_assert_eq(s4kv_sync_stop(sl, err, sizeof err), 0, "%s", err);
     s4kv_close(db);
     tu_s3_stop(&s);
