@@ -9,11 +9,14 @@
  * 1..63 bytes, 0 = all at once), bit 6 whether the server wants the token
  * "Bearer fuzz" and bit 7 key listings in pages of 64 bytes (chunked) instead
  * of 256 KiB; the rest is what a client sends on one connection. Checks:
- * the output is a sequence of whole responses, each "HTTP/1.1 NNN" with a
- * status the server documents, a Content-Length its body matches or a
- * well-formed chunked body (neither for HEAD and 100 Continue), never 500
- * (the database is healthy), nothing after a "Connection: close" response,
- * and as many as the seam counted.
+ * the output is a sequence of whole responses, split where the seam says
+ * each head starts, each "HTTP/1.1 NNN" with a status the server documents,
+ * then exactly a body of its Content-Length or a well-formed chunked body
+ * (or nothing: HEAD, 100 Continue), never 500 (the database is healthy),
+ * nothing after a "Connection: close" response, and as many as the seam
+ * counted. (The checker had guessed where a HEAD response ended; when the
+ * responses after it were exactly as long as its Content-Length, it read
+ * them as its body: corpus input head_then_a_response_as_long_as_its_body.)
  * The database is recreated every 2,000 inputs, or as soon as it holds more
  * than 16 keys or 16 KiB of live records: key listings (GET /v1/keys walks
  * and percent-encodes every key, and inputs pipeline dozens of them) took
@@ -121,53 +124,65 @@ static size_t chunked_len(const char *o, size_t n)
     }
 }
 
-/* Walks the output; aborts on anything malformed. Returns the number of
- * final (non-100) responses. */
-static int check_output(const char *o, size_t n)
+/* Prints why the output is wrong, with the response at o[0..n), and aborts. */
+static void fail(const char *why, size_t i, const char *o, size_t n)
 {
-    size_t off = 0;
+    fprintf(stderr, "fuzz_http: response %zu: %s:\n%.*s\n", i, why, (int)(n < 2048 ? n : 2048), o);
+    abort();
+}
+
+/* Checks the output o[0..n) against the offsets of its response heads (from
+ * the seam): each response is a head "HTTP/1.1 NNN" with a status the server
+ * documents, then exactly a body of its Content-Length or a well-formed
+ * chunked body (or nothing: HEAD, 100 Continue), and nothing follows a
+ * "Connection: close" response. Returns the number of final (non-100)
+ * responses; aborts on anything malformed. */
+static int check_output(const char *o, size_t n, const size_t *heads, size_t nheads)
+{
+    if (nheads == 0 ? n != 0 : heads[0] != 0)
+        fail("bytes before the first response head", 0, o, n);
     int count = 0, closed = 0;
-    while (off < n) {
-        if (closed || !starts_response(o + off, n - off))
-            abort();
-        const char *end = memmem(o + off, n - off, "\r\n\r\n", 4);
-        if (!end)
-            abort();
-        size_t hlen = (size_t)(end - (o + off)) + 4;
+    for (size_t i = 0; i < nheads; i++) {
+        size_t at = heads[i], end = i + 1 < nheads ? heads[i + 1] : n;
+        if (end <= at || end > n)
+            fail("head offsets out of order", i, o, n);
+        const char *r = o + at;
+        size_t len = end - at;
+        if (closed)
+            fail("a response after Connection: close", i, r, len);
+        if (!starts_response(r, len))
+            fail("not \"HTTP/1.1 \"", i, r, len);
+        const char *he = memmem(r, len, "\r\n\r\n", 4);
+        if (!he)
+            fail("no end of head", i, r, len);
+        size_t hlen = (size_t)(he - r) + 4, blen = len - hlen;
         char head[2048];
         if (hlen >= sizeof head)
-            abort();
-        memcpy(head, o + off, hlen);
+            fail("head too long", i, r, len);
+        memcpy(head, r, hlen);
         head[hlen] = 0;
         int st = atoi(head + 9);
         if (!known_status(st))
-            abort();
-        off += hlen;
-        if (st == 100)
-            continue;
-        count++;
-        const char *cl = strcasestr(head, "\r\nContent-Length: ");
-        int chunked = strcasestr(head, "\r\nTransfer-Encoding: chunked\r\n") != NULL;
-        if (!cl == !chunked || (chunked && st != 200))
-            abort();
-        closed = strcasestr(head, "\r\nConnection: close\r\n") != NULL;
-        if (chunked) {
-            /* a listing's chunks, or nothing (HEAD) */
-            size_t blen = chunked_len(o + off, n - off);
+            fail("status not documented (or 500)", i, r, len);
+        if (st == 100) {
             if (blen)
-                off += blen;
-            else if (!(off == n || starts_response(o + off, n - off)))
-                abort();
+                fail("bytes after 100 Continue", i, r, len);
             continue;
         }
-        size_t blen = strtoull(cl + 18, NULL, 10);
-        /* The body follows, unless this answered a HEAD (then the next
-         * response or the end follows at once). */
-        if (blen <= n - off &&
-            (off + blen == n || starts_response(o + off + blen, n - off - blen)))
-            off += blen;
-        else if (!(off == n || starts_response(o + off, n - off)))
-            abort();
+        count++;
+        closed = strcasestr(head, "\r\nConnection: close\r\n") != NULL;
+        const char *cl = strcasestr(head, "\r\nContent-Length: ");
+        int chunked = strcasestr(head, "\r\nTransfer-Encoding: chunked\r\n") != NULL;
+        if (!cl == !chunked)
+            fail("not exactly one of Content-Length and chunked", i, r, len);
+        if (chunked) {
+            if (st != 200)
+                fail("chunked but not a listing", i, r, len);
+            if (blen && chunked_len(r + hlen, blen) != blen)
+                fail("chunked body malformed or not alone", i, r, len);
+        } else if (blen && blen != strtoull(cl + 18, NULL, 10)) {
+            fail("body length is not the Content-Length", i, r, len);
+        }
     }
     return count;
 }
@@ -199,12 +214,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     cfg.token = data[0] & 0x40 ? "fuzz" : NULL;
     size_t chunk = data[0] & 0x3f;
     cfg.list_page_bytes = data[0] & 0x80 ? 64 : 0;
-    sbuf out = {0};
-    int n = http_feed_for_test(&loop, db, &cfg, data + 1, size - 1, chunk, &out);
-    if (n < 0 || out.oom)
+    sbuf out = {0}, heads = {0};
+    int n = http_feed_for_test(&loop, db, &cfg, data + 1, size - 1, chunk, &out, &heads);
+    if (n < 0 || out.oom || heads.oom)
         abort();
-    if (check_output(out.p, out.len) != n)
+    int got = check_output(out.p, out.len, (const size_t *)(void *)heads.p,
+                           heads.len / sizeof(size_t));
+    if (got != n) {
+        fprintf(stderr, "fuzz_http: %d responses in the output, the seam counted %d\n", got, n);
         abort();
+    }
     sb_free(&out);
+    sb_free(&heads);
     return 0;
 }

@@ -82,10 +82,13 @@ void http_metrics_text(http_server *h, sbuf *b);
  * (0 = at once), to one connection of a server without a socket or loop
  * (loop only gives the clock; no owner: no loop metrics), as if read from
  * the socket, up to where the server would stop reading; pool jobs run
- * inline on db. Every response byte is appended to out. Returns the number
- * of responses, or -1 out of memory. */
+ * inline on db. Every response byte is appended to out; when heads is not
+ * NULL, the offset in out of every response head (100 Continue included)
+ * is appended to it as a size_t, so a checker needs no guess where a
+ * response to HEAD ends. Returns the number of final (non-100) responses,
+ * or -1 out of memory. */
 int http_feed_for_test(uv_loop_t *loop, s4kv_db *db, const http_config *cfg, const void *data,
-                       size_t len, size_t chunk, sbuf *out);
+                       size_t len, size_t chunk, sbuf *out, sbuf *heads);
 
 /* ---- Called by http.c into the loop (daemon.c). */
 /* A write through HTTP was acknowledged; it started at loop time t_ms. */

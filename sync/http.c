@@ -150,6 +150,7 @@ struct conn {
     char msg[160];
     int reject;              /* answered at once, then closed */
     sbuf *capture;           /* test seam: responses go here, not to a socket */
+    sbuf *capture_heads;     /* test seam: offsets of the response heads in capture */
     int nresp;               /* responses captured */
     /* GET /v1/keys: the query's after= and limit=; the listing being sent */
     sbuf after;
@@ -503,6 +504,10 @@ static void respond_ex(conn *c, int st, const char *ctype, void *body, size_t bl
     }
     if (c->list)
         c->list->close = close;
+    if (c->capture_heads) {
+        size_t at = c->capture->len;
+        sb_add(c->capture_heads, &at, sizeof at);
+    }
     /* A chunked head leaves the close to the last chunk (none for HEAD). */
     if (queue_bytes(c, hd.p, hd.len, body, blen, bfree, close && (!chunked || head_only)) == 0)
         return;
@@ -1180,6 +1185,10 @@ static int on_headers_complete(http_parser *p)
             r->total = sizeof cont - 1;
             uv_buf_t b = uv_buf_init((char *)cont, sizeof cont - 1);
             if (c->capture) {
+                if (c->capture_heads) {
+                    size_t at = c->capture->len;
+                    sb_add(c->capture_heads, &at, sizeof at);
+                }
                 sb_add(c->capture, cont, sizeof cont - 1);
                 free(r);
             } else if (uv_write(&r->w, (uv_stream_t *)&c->tcp, &b, 1, on_write) == 0) {
@@ -1568,7 +1577,7 @@ void http_metrics_text(http_server *h, sbuf *b)
 /* ---- the test seam (fuzz/fuzz_http.c) */
 
 int http_feed_for_test(uv_loop_t *loop, s4kv_db *db, const http_config *cfg, const void *data,
-                       size_t len, size_t chunk, sbuf *out)
+                       size_t len, size_t chunk, sbuf *out, sbuf *heads)
 {
     http_server *h = calloc(1, sizeof *h);
     conn *c = calloc(1, sizeof *c);
@@ -1588,6 +1597,7 @@ int http_feed_for_test(uv_loop_t *loop, s4kv_db *db, const http_config *cfg, con
     c->h = h;
     c->handles = 1; /* stands for the socket: conn_close does not free */
     c->capture = out;
+    c->capture_heads = heads;
     h->conns = c;
     h->nconns = 1;
     http_parser_init(&c->p, HTTP_REQUEST);

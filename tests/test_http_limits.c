@@ -774,7 +774,7 @@ static char *feed_fresh(const char *in, size_t len, size_t chunk, int *nresp, si
     http_config cfg = {.max_body = 4096, .max_connections = 16};
     cfg.idle_timeout_ms = cfg.request_timeout_ms = 1000;
     sbuf out = {0};
-    *nresp = http_feed_for_test(&loop, db, &cfg, in, len, chunk, &out);
+    *nresp = http_feed_for_test(&loop, db, &cfg, in, len, chunk, &out, NULL);
     uv_loop_close(&loop);
     s4kv_close(db);
     tu_rmtree_free(dir);
@@ -893,7 +893,7 @@ static sbuf feed_db(s4kv_db *db, size_t page, const char *in, int *nresp)
     http_config cfg = {.max_body = 4096, .max_connections = 16, .list_page_bytes = page};
     cfg.idle_timeout_ms = cfg.request_timeout_ms = 1000;
     sbuf out = {0};
-    *nresp = http_feed_for_test(&loop, db, &cfg, in, strlen(in), 0, &out);
+    *nresp = http_feed_for_test(&loop, db, &cfg, in, strlen(in), 0, &out, NULL);
     uv_loop_close(&loop);
     cr_assert(!out.oom);
     return out;
