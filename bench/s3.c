@@ -337,10 +337,110 @@ static void copy_file(const char *from, const char *to)
     fclose(a);
 }
 
+/* The byte ranges the gets of keys[0..nreads) read: the same gets on a
+ * local read-only copy of the uploaded MANIFEST (s4kv_download writes it
+ * with every segment's committed length; only sealed segments may be read
+ * through the seam) and checkpoint, segments served by the recording seam.
+ * Exactly one range per get (else the comparison would not be like for
+ * like). The caller frees rec->v. */
+static void record_ranges(const char *parent, const s3loc *loc, const char *rname,
+                          const uint64_t *keys, uint64_t nreads, size_t vbytes, recorder *rec)
+{
+    char rdir[4200], ddir[4200], key[KEY_BYTES], buf[MAX_VALUE_BYTES * 2];
+    snprintf(rdir, sizeof rdir, "%s/%s-ranges", parent, rname);
+    snprintf(ddir, sizeof ddir, "%s/%s-download", parent, rname);
+    s4kv_s3_options o;
+    s4kv_s3_options_init(&o);
+    o.url = loc->url;
+    errbuf[0] = '\0';
+    int rc = s4kv_download(ddir, &o, NULL, errbuf, sizeof errbuf);
+    if (rc)
+        die("s4kv_download %s: %s: %s", loc->url, s4kv_strerror(rc), errbuf);
+    if (mkdir(rdir, 0755))
+        die("mkdir %s: %s", rdir, strerror(errno));
+    DIR *d = opendir(ddir);
+    if (!d)
+        die("opendir %s: %s", ddir, strerror(errno));
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        size_t l = strlen(de->d_name);
+        if (strcmp(de->d_name, "MANIFEST") == 0 ||
+            (strncmp(de->d_name, "index_", 6) == 0 && l > 5 &&
+             strcmp(de->d_name + l - 5, ".s4ki") == 0)) {
+            char a[8400], b[8400];
+            snprintf(a, sizeof a, "%s/%s", ddir, de->d_name);
+            snprintf(b, sizeof b, "%s/%s", rdir, de->d_name);
+            copy_file(a, b);
+        }
+    }
+    closedir(d);
+    *rec = (recorder){ .dir = ddir };
+    s4kv_remote seam = { .read_range = rec_read_range, .ctx = rec };
+    s4kv_options opt;
+    s4kv_options_init(&opt);
+    opt.read_only = 1;
+    opt.create_if_missing = 0;
+    opt.remote = &seam;
+    s4kv_db *ldb = NULL;
+    errbuf[0] = '\0';
+    rc = s4kv_open(rdir, &opt, &ldb, errbuf, sizeof errbuf);
+    if (rc)
+        die("open %s with the recording seam: %s: %s", rdir, s4kv_strerror(rc), errbuf);
+    for (uint64_t n = 0; n < nreads; n++) {
+        make_key(keys[n], key);
+        size_t vlen = 0;
+        size_t before = rec->n;
+        rc = s4kv_get_into(ldb, key, KEY_BYTES, buf, sizeof buf, &vlen, errbuf, sizeof errbuf);
+        check_get(rc, keys[n], 1, buf, vlen, vbytes, "curlget (ranges)");
+        if (rec->n != before + 1)
+            die("curlget: get %.16s read %zu ranges, expected 1", key, rec->n - before);
+    }
+    db_close(ldb);
+    rec->dir = NULL;
+}
+
+/* One raw ranged GET of range g with h; *ns its time. The bytes must be the
+ * segment's in dir (checked after the timing). */
+static void curl_range(CURL *h, membuf *mb, const char *ep, const s3loc *loc, const char *dir,
+                       const range *g, char **want, size_t *want_cap, uint64_t *ns)
+{
+    char url[4096], rg[64], name[64];
+    snprintf(name, sizeof name, "data_%06u.s4kv", g->segno);
+    object_url(url, sizeof url, ep, loc, name);
+    snprintf(rg, sizeof rg, "%" PRIu64 "-%" PRIu64, g->off, g->off + g->len - 1);
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_RANGE, rg);
+    mb->n = 0;
+    uint64_t g0 = now_ns();
+    curl_perform(h, "ranged GET", url, 206);
+    *ns = now_ns() - g0;
+    if (!dir)
+        return;
+    if (g->len > *want_cap) {
+        *want_cap = g->len;
+        *want = realloc(*want, *want_cap);
+        if (!*want)
+            die("out of memory");
+    }
+    char path[4300];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || pread(fd, *want, g->len, (off_t)g->off) != (ssize_t)g->len)
+        die("pread %s: %s", path, strerror(errno));
+    close(fd);
+    if (mb->n != g->len || memcmp(mb->p, *want, g->len) != 0)
+        die("curlget: %s bytes %s: %zu bytes differ from the segment's %zu", url, rg, mb->n,
+            g->len);
+}
+
 /* Remote gets of a database uploaded to loc (num keys of vbytes-byte values,
- * version 1; its local copy in dir), then the same byte ranges as raw ranged
- * GETs with libcurl on one reused easy handle: rows rname and cname. Each
- * starts with WARMUP_GETS untimed requests. */
+ * version 1; its local copy in dir) and the same byte ranges as raw ranged
+ * GETs with libcurl on one reused easy handle: rows rname and cname. The
+ * two are interleaved request by request (s4kv first on even requests, curl
+ * first on odd ones), so both see the emulator in the same state: run one
+ * after the other, the same binary measured 0.8x to 2.9x of curl as the
+ * emulator's speed drifted. Each starts with WARMUP_GETS untimed requests;
+ * throughput is requests / the sum of their timed calls. */
 #define WARMUP_GETS 200
 static void remote_gets(const char *parent, const char *dir, const s3loc *lp, uint64_t num,
                         size_t vbytes, uint64_t nreads, const char *rname, const char *cname)
@@ -350,24 +450,43 @@ static void remote_gets(const char *parent, const char *dir, const s3loc *lp, ui
     uint64_t rng = cfg.seed ^ 0x72656d6f7465ULL;
     for (uint64_t n = 0; n < nreads; n++)
         keys[n] = rand_below(&rng, num);
-    double *samples = xcalloc(nreads, sizeof *samples);
+    double *rs = xcalloc(nreads, sizeof *rs), *cs = xcalloc(nreads, sizeof *cs);
     char key[KEY_BYTES], buf[MAX_VALUE_BYTES * 2];
+    const char *ep = s3_endpoint();
+    int do_r = selected(rname), do_c = selected(cname) && ep;
+    if (selected(cname) && !ep)
+        fprintf(stderr, "  curlget skipped: no custom endpoint (raw GETs are unsigned; they "
+                        "need s3rver or another endpoint that accepts them)\n");
 
-    if (selected(rname)) {
+    recorder rec = { 0 };
+    CURL *h = NULL;
+    membuf mb = { 0 };
+    char *want = NULL;
+    size_t want_cap = 0;
+    uint64_t ns;
+    if (do_c) {
+        record_ranges(parent, &loc, rname, keys, nreads, vbytes, &rec);
+        h = curl_handle();
+        curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, membuf_write);
+        curl_easy_setopt(h, CURLOPT_WRITEDATA, &mb);
+        for (size_t n = 0; n < WARMUP_GETS; n++)
+            curl_range(h, &mb, ep, &loc, NULL, &rec.v[n % rec.n], &want, &want_cap, &ns);
+    }
+    s4kv_db *rdb = NULL;
+    uint64_t open_ns = 0;
+    s4kv_s3_report ro = { 0 }, r0 = { 0 }, r1 = { 0 };
+    if (do_r) {
         s4kv_s3_options o;
         s4kv_s3_options_init(&o);
         o.url = loc.url;
-        s4kv_db *rdb = NULL;
         uint64_t t0 = now_ns();
         errbuf[0] = '\0';
         int rc = s4kv_open_s3(NULL, NULL, &o, &rdb, errbuf, sizeof errbuf);
         if (rc)
             die("s4kv_open_s3 %s: %s: %s", loc.url, s4kv_strerror(rc), errbuf);
-        uint64_t open_ns = now_ns() - t0;
-        s4kv_s3_report ro;
+        open_ns = now_ns() - t0;
         s4kv_s3_stats(rdb, &ro);
-        /* Warm-up (not timed, not counted): the emulator's JIT and caches,
-         * the same for curlget below. */
+        /* Warm-up (not timed, not counted): the emulator's JIT and caches. */
         for (uint64_t n = 0; n < WARMUP_GETS; n++) {
             uint64_t i = n % num;
             make_key(i, key);
@@ -375,156 +494,62 @@ static void remote_gets(const char *parent, const char *dir, const s3loc *lp, ui
             rc = s4kv_get_into(rdb, key, KEY_BYTES, buf, sizeof buf, &vlen, errbuf, sizeof errbuf);
             check_get(rc, i, 1, buf, vlen, vbytes, "remote warm-up");
         }
-        s4kv_s3_report r0, r1;
         s4kv_s3_stats(rdb, &r0);
-        uint64_t t_start = now_ns();
-        for (uint64_t n = 0; n < nreads; n++) {
-            make_key(keys[n], key);
-            size_t vlen = 0;
-            uint64_t g0 = now_ns();
-            rc = s4kv_get_into(rdb, key, KEY_BYTES, buf, sizeof buf, &vlen, errbuf, sizeof errbuf);
-            samples[n] = (double)(now_ns() - g0);
-            check_get(rc, keys[n], 1, buf, vlen, vbytes, rname);
+    }
+    uint64_t rtotal = 0, ctotal = 0;
+    for (uint64_t n = 0; n < nreads; n++) {
+        for (int turn = 0; turn < 2; turn++) {
+            if ((turn == 0) == (n % 2 == 0)) {
+                if (!do_r)
+                    continue;
+                make_key(keys[n], key);
+                size_t vlen = 0;
+                uint64_t g0 = now_ns();
+                int rc = s4kv_get_into(rdb, key, KEY_BYTES, buf, sizeof buf, &vlen, errbuf,
+                                       sizeof errbuf);
+                ns = now_ns() - g0;
+                check_get(rc, keys[n], 1, buf, vlen, vbytes, rname);
+                rs[n] = (double)ns;
+                rtotal += ns;
+            } else if (do_c) {
+                curl_range(h, &mb, ep, &loc, dir, &rec.v[n], &want, &want_cap, &ns);
+                cs[n] = (double)ns;
+                ctotal += ns;
+            }
         }
-        uint64_t ns = now_ns() - t_start;
+    }
+    const char *order = do_r && do_c ? "interleaved request by request with " : "";
+    if (do_r) {
         s4kv_s3_stats(rdb, &r1);
         db_close(rdb);
         double per_get = (double)(r1.requests - r0.requests) / (double)nreads;
-        emit_result(rname, nreads, ns, samples, nreads, 0,
+        emit_result(rname, nreads, rtotal, rs, nreads, 0,
                     "s4kv_open_s3(NULL) of %" PRIu64 " keys of %zu bytes (open %.1f ms, %" PRIu64
-                    " requests), uniform gets, every value checked; %.2f requests per get, %" PRIu64
-                    " retries, %" PRIu64 " new connections",
-                    num, vbytes, (double)open_ns / 1e6, ro.requests, per_get,
-                    r1.retries - r0.retries, r1.connections - r0.connections);
+                    " requests), uniform gets, %s%s, every value checked; %.2f requests per "
+                    "get, %" PRIu64 " retries, %" PRIu64 " new connections",
+                    num, vbytes, (double)open_ns / 1e6, ro.requests, order, do_c ? cname : "",
+                    per_get, r1.retries - r0.retries, r1.connections - r0.connections);
         char mname[64];
         snprintf(mname, sizeof mname, "%s.requests_per_get", rname);
         emit_metric(mname, per_get, "s4kv_s3_stats delta over the gets");
     }
-
-    if (selected(cname)) {
-        const char *ep = s3_endpoint();
-        if (!ep) {
-            fprintf(stderr, "  curlget skipped: no custom endpoint (raw GETs are unsigned; they "
-                            "need s3rver or another endpoint that accepts them)\n");
-        } else {
-            /* The ranges: the same gets on a local read-only copy of the
-             * uploaded MANIFEST (s4kv_download writes it with every segment's
-             * committed length; only sealed segments may be read through the
-             * seam) and checkpoint, segments served by the recording seam. */
-            char rdir[4200], ddir[4200];
-            snprintf(rdir, sizeof rdir, "%s/%s-ranges", parent, rname);
-            snprintf(ddir, sizeof ddir, "%s/%s-download", parent, rname);
-            s4kv_s3_options o;
-            s4kv_s3_options_init(&o);
-            o.url = loc.url;
-            errbuf[0] = '\0';
-            int rc = s4kv_download(ddir, &o, NULL, errbuf, sizeof errbuf);
-            if (rc)
-                die("s4kv_download %s: %s: %s", loc.url, s4kv_strerror(rc), errbuf);
-            if (mkdir(rdir, 0755))
-                die("mkdir %s: %s", rdir, strerror(errno));
-            DIR *d = opendir(ddir);
-            if (!d)
-                die("opendir %s: %s", dir, strerror(errno));
-            struct dirent *de;
-            while ((de = readdir(d))) {
-                size_t l = strlen(de->d_name);
-                if (strcmp(de->d_name, "MANIFEST") == 0 ||
-                    (strncmp(de->d_name, "index_", 6) == 0 && l > 5 &&
-                     strcmp(de->d_name + l - 5, ".s4ki") == 0)) {
-                    char a[8400], b[8400];
-                    snprintf(a, sizeof a, "%s/%s", ddir, de->d_name);
-                    snprintf(b, sizeof b, "%s/%s", rdir, de->d_name);
-                    copy_file(a, b);
-                }
-            }
-            closedir(d);
-            recorder rec = { .dir = ddir };
-            s4kv_remote seam = { .read_range = rec_read_range, .ctx = &rec };
-            s4kv_options opt;
-            s4kv_options_init(&opt);
-            opt.read_only = 1;
-            opt.create_if_missing = 0;
-            opt.remote = &seam;
-            s4kv_db *ldb = NULL;
-            errbuf[0] = '\0';
-            rc = s4kv_open(rdir, &opt, &ldb, errbuf, sizeof errbuf);
-            if (rc)
-                die("open %s with the recording seam: %s: %s", rdir, s4kv_strerror(rc), errbuf);
-            for (uint64_t n = 0; n < nreads; n++) {
-                make_key(keys[n], key);
-                size_t vlen = 0;
-                size_t before = rec.n;
-                rc = s4kv_get_into(ldb, key, KEY_BYTES, buf, sizeof buf, &vlen, errbuf, sizeof errbuf);
-                check_get(rc, keys[n], 1, buf, vlen, vbytes, "curlget (ranges)");
-                if (rec.n != before + 1)
-                    die("curlget: get %.16s read %zu ranges, expected 1", key, rec.n - before);
-            }
-            db_close(ldb);
-
-            CURL *h = curl_handle();
-            membuf mb = { 0 };
-            curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, membuf_write);
-            curl_easy_setopt(h, CURLOPT_WRITEDATA, &mb);
-            char url[4096], rg[64], name[64];
-            char *want = NULL;
-            size_t want_cap = 0;
-            for (size_t n = 0; n < WARMUP_GETS; n++) {
-                const range *g = &rec.v[n % rec.n];
-                snprintf(name, sizeof name, "data_%06u.s4kv", g->segno);
-                object_url(url, sizeof url, ep, &loc, name);
-                snprintf(rg, sizeof rg, "%" PRIu64 "-%" PRIu64, g->off, g->off + g->len - 1);
-                curl_easy_setopt(h, CURLOPT_URL, url);
-                curl_easy_setopt(h, CURLOPT_RANGE, rg);
-                mb.n = 0;
-                curl_perform(h, "ranged GET", url, 206);
-            }
-            uint64_t t_start = now_ns();
-            for (size_t n = 0; n < rec.n; n++) {
-                const range *g = &rec.v[n];
-                snprintf(name, sizeof name, "data_%06u.s4kv", g->segno);
-                object_url(url, sizeof url, ep, &loc, name);
-                snprintf(rg, sizeof rg, "%" PRIu64 "-%" PRIu64, g->off, g->off + g->len - 1);
-                curl_easy_setopt(h, CURLOPT_URL, url);
-                curl_easy_setopt(h, CURLOPT_RANGE, rg);
-                mb.n = 0;
-                uint64_t g0 = now_ns();
-                curl_perform(h, "ranged GET", url, 206);
-                samples[n] = (double)(now_ns() - g0);
-                /* the bytes must be the segment's (checked outside the timing) */
-                if (g->len > want_cap) {
-                    want_cap = g->len;
-                    want = realloc(want, want_cap);
-                    if (!want)
-                        die("out of memory");
-                }
-                char path[4300];
-                snprintf(path, sizeof path, "%s/%s", dir, name);
-                int fd = open(path, O_RDONLY | O_CLOEXEC);
-                if (fd < 0 || pread(fd, want, g->len, (off_t)g->off) != (ssize_t)g->len)
-                    die("pread %s: %s", path, strerror(errno));
-                close(fd);
-                if (mb.n != g->len || memcmp(mb.p, want, g->len) != 0)
-                    die("curlget: %s bytes %s: %zu bytes differ from the segment's %zu", url, rg,
-                        mb.n, g->len);
-            }
-            uint64_t ns = now_ns() - t_start;
-            long conns = curl_connects(h);
-            curl_easy_cleanup(h);
-            free(mb.p);
-            free(want);
-            uint64_t total = 0;
-            for (size_t n = 0; n < rec.n; n++)
-                total += rec.v[n].len;
-            emit_result(cname, rec.n, ns, samples, rec.n, 0,
-                        "the %s byte ranges (%.0f bytes average) as raw ranged GETs, libcurl, one "
-                        "reused easy handle (%ld connection%s), %s, bytes checked",
-                        rname, (double)total / (double)(rec.n ? rec.n : 1), conns,
-                        conns == 1 ? "" : "s", signing_note());
-            free(rec.v);
-        }
+    if (do_c) {
+        long conns = curl_connects(h);
+        curl_easy_cleanup(h);
+        uint64_t total = 0;
+        for (size_t n = 0; n < rec.n; n++)
+            total += rec.v[n].len;
+        emit_result(cname, rec.n, ctotal, cs, rec.n, 0,
+                    "the %s byte ranges (%.0f bytes average) as raw ranged GETs, libcurl, one "
+                    "reused easy handle (%ld connection%s), %s%s, %s, bytes checked",
+                    rname, (double)total / (double)(rec.n ? rec.n : 1), conns,
+                    conns == 1 ? "" : "s", order, do_r ? rname : "", signing_note());
     }
-    free(samples);
+    free(mb.p);
+    free(want);
+    free(rec.v);
+    free(rs);
+    free(cs);
     free(keys);
 }
 
