@@ -739,7 +739,15 @@ static void list_send(conn *c, hjob *j)
         if (L->head_only)
             L->done = 1;
     } else {
-        queue_bytes(c, NULL, 0, ch.p, ch.len, free, L->done && L->close);
+        /* After the last chunk: close if the head said so, or if the
+         * server began draining meanwhile (resume would otherwise close the
+         * connection at once and cancel the queued chunk). */
+        int close = L->done && (L->close || c->close_after || c->h->draining);
+        if (queue_bytes(c, NULL, 0, ch.p, ch.len, free, close) && close) {
+            c->closing_write = 1;
+            if (!c->capture)
+                uv_read_stop((uv_stream_t *)&c->tcp);
+        }
     }
 }
 
