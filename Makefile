@@ -210,6 +210,10 @@ clean:
 FUZZ_CC ?= clang
 FUZZ_RUNS ?= 10000000
 FUZZ_SECONDS ?= 3600
+# Worker processes a target (libFuzzer -jobs/-workers on one shared corpus),
+# each running FUZZ_RUNS / FUZZ_JOBS executions; the executions are summed
+# (the target's log, build-fuzz/T.log, ends with each worker's fuzz-N.log).
+FUZZ_JOBS ?= 1
 FUZZ_B := build-fuzz
 FUZZ_SAN := -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 FUZZ_CFLAGS = -std=c11 -D_GNU_SOURCE -O1 -g -Ikv -Iindex -Isync -Itools $(FUZZ_SAN) $(PKG_CFLAGS)
@@ -265,12 +269,23 @@ fuzz: fuzz-build
 		mkdir -p $(FUZZ_B)/corpus/$$t $(FUZZ_B)/crashes/$$t; \
 		[ -d fuzz/corpus/$$t ] && cp -n fuzz/corpus/$$t/* $(FUZZ_B)/corpus/$$t/ 2>/dev/null; \
 		$(fuzz_ml_case); \
-		echo "== $$t ($(FUZZ_RUNS) runs, at most $(FUZZ_SECONDS) s, inputs up to $$ml bytes)"; \
-		$(FUZZ_B)/$$t -runs=$(FUZZ_RUNS) -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -max_len=$$ml \
-			-artifact_prefix=$(FUZZ_B)/crashes/$$t/ $(FUZZ_B)/corpus/$$t \
-			> $(FUZZ_B)/$$t.log 2>&1; rc=$$?; \
+		echo "== $$t ($(FUZZ_RUNS) runs in $(FUZZ_JOBS) worker(s), at most $(FUZZ_SECONDS) s, inputs up to $$ml bytes)"; \
+		if [ $(FUZZ_JOBS) -gt 1 ]; then \
+			rm -rf $(FUZZ_B)/jobs/$$t && mkdir -p $(FUZZ_B)/jobs/$$t && \
+			(cd $(FUZZ_B)/jobs/$$t && $(CURDIR)/$(FUZZ_B)/$$t -jobs=$(FUZZ_JOBS) -workers=$(FUZZ_JOBS) \
+				-runs=$$((($(FUZZ_RUNS) + $(FUZZ_JOBS) - 1) / $(FUZZ_JOBS))) \
+				-max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -max_len=$$ml \
+				-artifact_prefix=$(CURDIR)/$(FUZZ_B)/crashes/$$t/ $(CURDIR)/$(FUZZ_B)/corpus/$$t) \
+				> $(FUZZ_B)/$$t.log 2>&1; rc=$$?; \
+		else \
+			$(FUZZ_B)/$$t -runs=$(FUZZ_RUNS) -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -max_len=$$ml \
+				-artifact_prefix=$(FUZZ_B)/crashes/$$t/ $(FUZZ_B)/corpus/$$t \
+				> $(FUZZ_B)/$$t.log 2>&1; rc=$$?; \
+		fi; \
 		grep -E '^stat::number_of_executed_units|^stat::peak_rss_mb' $(FUZZ_B)/$$t.log | \
 			sed "s/^/  /"; \
+		awk -F: '/^stat::number_of_executed_units/ { s += $$NF } END { printf "  executions in all: %d\n", s }' \
+			$(FUZZ_B)/$$t.log; \
 		if [ $$rc != 0 ]; then fail=1; echo "  FAILED (exit $$rc): see $(FUZZ_B)/$$t.log"; \
 			grep -E 'ERROR: |SUMMARY: |Test unit written' $(FUZZ_B)/$$t.log | sed "s/^/  /"; fi; \
 	done; exit $$fail
