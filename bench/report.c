@@ -717,7 +717,10 @@ static void write_md(FILE *f, const char *cpu, long ncpu, const char *kernel, co
     }
     if (!local)
         goto targets;
-    fprintf(f, "\nreopen: close + open + first get (time, not ops/s). rebuild (s4kv only): "
+    fprintf(f, "\nreopen: close + open + first get (time, not ops/s); s4kv's close is durable "
+               "(it fdatasyncs the segments and writes and fdatasyncs an index checkpoint, as "
+               "s4kv_close documents), LevelDB's with sync=false syncs nothing (its open syncs "
+               "the level-0 table it recovers). rebuild (s4kv only): "
                "ops = records replayed. Fills and overwrite: latency per op = batch time / "
                "batch size. Peak RSS is the whole process (getrusage), harness arrays included "
                "(see the baseline below); LMDB's counts the pages of its map it touched.\n\n");
