@@ -793,27 +793,44 @@ Test(http_limits, a_long_key_listing_streams_in_chunks_to_a_slow_reader, .timeou
 
 /* ---- reads cut anywhere (the fuzz seam, fuzz/fuzz_http.c) */
 
-/* The responses to `in` fed in pieces of `chunk` bytes to a fresh database. */
-static char *feed_fresh(const char *in, size_t len, size_t chunk, int *nresp, size_t *outlen)
+/* A fresh database in a new temporary directory (*dir: tu_rmtree_free it). */
+static s4kv_db *seam_db(const char *tag, char **dir)
 {
-    char *dir = tu_tmpdir("http-seam");
+    *dir = tu_tmpdir(tag);
     s4kv_options o;
     s4kv_options_init(&o);
     o.sync_mode = S4KV_SYNC_NONE;
     o.log = quiet;
     s4kv_db *db;
     char err[512];
-    cr_assert_eq(s4kv_open(dir, &o, &db, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(s4kv_open(*dir, &o, &db, err, sizeof err), 0, "%s", err);
+    return db;
+}
+
+/* The responses to in[0..len) fed in pieces of `chunk` bytes to db, key
+ * listings in pages of `page` bytes (0: the default). */
+static sbuf feed_db(s4kv_db *db, size_t page, const char *in, size_t len, size_t chunk,
+                    int *nresp)
+{
     uv_loop_t loop;
     uv_loop_init(&loop);
-    http_config cfg = {.max_body = 4096, .max_connections = 16};
+    http_config cfg = {.max_body = 4096, .max_connections = 16, .list_page_bytes = page};
     cfg.idle_timeout_ms = cfg.request_timeout_ms = 1000;
     sbuf out = {0};
     *nresp = http_feed_for_test(&loop, db, &cfg, in, len, chunk, &out, NULL);
     uv_loop_close(&loop);
+    cr_assert(!out.oom);
+    return out;
+}
+
+/* The same to a fresh database. */
+static char *feed_fresh(const char *in, size_t len, size_t chunk, int *nresp, size_t *outlen)
+{
+    char *dir;
+    s4kv_db *db = seam_db("http-seam", &dir);
+    sbuf out = feed_db(db, 0, in, len, chunk, nresp);
     s4kv_close(db);
     tu_rmtree_free(dir);
-    cr_assert(!out.oom);
     *outlen = out.len;
     return out.p;
 }
@@ -921,29 +938,11 @@ static int next_resp(const char **p, const char *end, int *chunked, sbuf *body)
     return st;
 }
 
-static sbuf feed_db(s4kv_db *db, size_t page, const char *in, int *nresp)
-{
-    uv_loop_t loop;
-    uv_loop_init(&loop);
-    http_config cfg = {.max_body = 4096, .max_connections = 16, .list_page_bytes = page};
-    cfg.idle_timeout_ms = cfg.request_timeout_ms = 1000;
-    sbuf out = {0};
-    *nresp = http_feed_for_test(&loop, db, &cfg, in, strlen(in), 0, &out, NULL);
-    uv_loop_close(&loop);
-    cr_assert(!out.oom);
-    return out;
-}
-
 Test(http_limits, key_listings_are_sent_in_pages)
 {
-    char *dir = tu_tmpdir("http-list");
-    s4kv_options o;
-    s4kv_options_init(&o);
-    o.sync_mode = S4KV_SYNC_NONE;
-    o.log = quiet;
-    s4kv_db *db;
+    char *dir;
+    s4kv_db *db = seam_db("http-list", &dir);
     char err[512];
-    cr_assert_eq(s4kv_open(dir, &o, &db, err, sizeof err), 0, "%s", err);
     /* 300 keys, every 7th with a space (sent as %20), inserted out of order */
     sbuf all = {0}, json = {0};
     sb_add(&json, "[", 1);
@@ -982,7 +981,7 @@ Test(http_limits, key_listings_are_sent_in_pages)
     static const size_t pages[] = {64, 1, 0};
     for (size_t pi = 0; pi < sizeof pages / sizeof pages[0]; pi++) {
         int n;
-        sbuf out = feed_db(db, pages[pi], in, &n);
+        sbuf out = feed_db(db, pages[pi], in, strlen(in), 0, &n);
         cr_assert_eq(n, 11, "page %zu: %d responses:\n%s", pages[pi], n, out.p);
         const char *p = out.p, *end = out.p + out.len;
         sbuf b = {0};
