@@ -496,6 +496,12 @@ uint32_t keydir_hash(const keydir *kd, const void *key, size_t klen)
     return key_hash(kd, key, klen);
 }
 
+uint32_t keydir_hash_fn_fold(keydir_hash_fn hash, const void *key, size_t klen)
+{
+    uint64_t h = hash ? hash(key, klen) : XXH3_64bits(key, klen);
+    return (uint32_t)(h ^ (h >> 32));
+}
+
 void keydir_prefetch(const keydir *kd, const void *key, size_t klen)
 {
     if (klen == 0 || klen > KEY_MAX)
@@ -590,9 +596,15 @@ int keydir_put_sorted(keydir *kd, const void *key, size_t klen, keydir_loc loc)
 {
     if (klen == 0 || klen > KEY_MAX)
         return -1;
-    uint32_t h = key_hash(kd, key, klen);
+    return keydir_put_sorted_h(kd, key, klen, key_hash(kd, key, klen), loc);
+}
+
+int keydir_put_sorted_h(keydir *kd, const void *key, size_t klen, uint32_t h, keydir_loc loc)
+{
+    if (klen == 0 || klen > KEY_MAX)
+        return -1;
     if (kd->sfill == NO_FILL || h < kd->slast || kd->count + 1 > kd->max_count)
-        return keydir_put(kd, key, klen, loc, NULL);
+        return keydir_put_h(kd, key, klen, h, loc, NULL);
     kd->marked = 0;
     if (h == kd->slast && kd->count > 0) {
         /* keys with equal hashes sit side by side: this may repeat one */

@@ -47,6 +47,10 @@ void keydir_prefetch(const keydir *kd, const void *key, size_t klen);
  * h must be keydir_hash(kd, key, klen) of this keydir; any other value
  * corrupts the index. */
 uint32_t keydir_hash(const keydir *kd, const void *key, size_t klen);
+/* keydir_hash of a keydir made with keydir_new(., hash), computed without
+ * reading the keydir (another thread may be changing it: the checkpoint
+ * loader hashes on a helper while the caller inserts). */
+uint32_t keydir_hash_fn_fold(keydir_hash_fn hash, const void *key, size_t klen);
 void keydir_prefetch_h(const keydir *kd, uint32_t h);
 /* The second step for a key whose slot keydir_prefetch_h brought in a
  * little earlier: prefetches the arena entry of the first slot from its home
@@ -125,6 +129,9 @@ void keydir_walk_free(keydir_walk *w);
  * filled front to back. Keys out of order are still inserted correctly, the
  * ordinary way, as is every later one. */
 int keydir_put_sorted(keydir *kd, const void *key, size_t klen, keydir_loc loc);
+/* keydir_put_sorted with h = keydir_hash(kd, key, klen) computed by the
+ * caller (the checkpoint loader hashes on another thread). */
+int keydir_put_sorted_h(keydir *kd, const void *key, size_t klen, uint32_t h, keydir_loc loc);
 
 /* ---- Checkpoint codec. Format: kv/FORMAT.md, "Index checkpoint". */
 
@@ -179,6 +186,13 @@ typedef struct ckpt_reader {
  * and 2. One sequential pass: the cost is reading the bytes, one hash per
  * key, and writing the table and arena front to back. */
 int ckpt_load(const ckpt_reader *r, ckpt_header *h, keydir **out, char *err, size_t errlen);
+
+/* ckpt_load of this many entries or more runs on two threads: a helper
+ * reads, checks and hashes the entries while the caller inserts them (the
+ * same keydir and the same errors as one thread). Default 65,536; a
+ * variable so tests can take the two-thread path with small checkpoints; set
+ * it before loading, not while a load runs. */
+extern size_t ckpt_par_load_min;
 
 /* ckpt_load of buf (len bytes) in memory. hash as keydir_new. */
 int ckpt_decode(const uint8_t *buf, size_t len, keydir_hash_fn hash,

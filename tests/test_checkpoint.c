@@ -122,29 +122,43 @@ static int stream_decode(const uint8_t *buf, size_t len, keydir_hash_fn hash, ck
     return ckpt_load(&r, h, out, err, errlen);
 }
 
-/* Decodes a buffer that must be rejected, from memory and streamed; checks
- * err (want: from memory) and that *out and *h were left alone. */
+/* Decodes a buffer that must be rejected, from memory and streamed, each on
+ * one thread and on two (ckpt_par_load_min 1); checks err (want: from
+ * memory), that two threads give one thread's reason word for word, and that
+ * *out and *h were left alone. */
 static void assert_rejected(const uint8_t *buf, size_t len, const char *want,
                             const char *what)
 {
+    size_t par_min = ckpt_par_load_min;
     for (int streamed = 0; streamed < 2; streamed++) {
-        keydir *sentinel = (keydir *)(uintptr_t)0x1, *out = sentinel;
-        ckpt_header h, h0;
-        memset(&h, 0xab, sizeof(h));
-        h0 = h;
-        char err[256] = "";
-        int r = streamed ? stream_decode(buf, len, NULL, &h, &out, err, sizeof(err))
-                         : ckpt_decode(buf, len, NULL, &h, &out, err, sizeof(err));
-        if (r == 0 && out != sentinel)
-            keydir_free(out);
-        cr_assert_eq(r, -1, "%s%s: accepted", what, streamed ? " (streamed)" : "");
-        cr_assert(out == sentinel, "%s: *out touched", what);
-        cr_assert(memcmp(&h, &h0, sizeof(h)) == 0, "%s: *h touched", what);
-        cr_assert_neq(err[0], 0, "%s: no reason given", what);
-        cr_assert_null(strchr(err, '\n'), "%s: reason is not one line", what);
-        if (want && !streamed)
-            cr_assert_not_null(strstr(err, want), "%s: reason \"%s\" lacks \"%s\"", what,
-                               err, want);
+        char one[256] = "";
+        for (int par = 0; par < 2; par++) {
+            keydir *sentinel = (keydir *)(uintptr_t)0x1, *out = sentinel;
+            ckpt_header h, h0;
+            memset(&h, 0xab, sizeof(h));
+            h0 = h;
+            char err[256] = "";
+            ckpt_par_load_min = par ? 1 : SIZE_MAX;
+            int r = streamed ? stream_decode(buf, len, NULL, &h, &out, err, sizeof(err))
+                             : ckpt_decode(buf, len, NULL, &h, &out, err, sizeof(err));
+            ckpt_par_load_min = par_min;
+            if (r == 0 && out != sentinel)
+                keydir_free(out);
+            cr_assert_eq(r, -1, "%s%s%s: accepted", what, streamed ? " (streamed)" : "",
+                         par ? " (two threads)" : "");
+            cr_assert(out == sentinel, "%s: *out touched", what);
+            cr_assert(memcmp(&h, &h0, sizeof(h)) == 0, "%s: *h touched", what);
+            cr_assert_neq(err[0], 0, "%s: no reason given", what);
+            cr_assert_null(strchr(err, '\n'), "%s: reason is not one line", what);
+            if (want && !streamed)
+                cr_assert_not_null(strstr(err, want), "%s: reason \"%s\" lacks \"%s\"", what,
+                                   err, want);
+            if (par)
+                cr_assert_str_eq(err, one, "%s%s: two threads say \"%s\", one \"%s\"", what,
+                                 streamed ? " (streamed)" : "", err, one);
+            else
+                memcpy(one, err, sizeof one);
+        }
     }
 }
 
@@ -799,5 +813,157 @@ Test(checkpoint, two_thread_encode_write_failures, .timeout = 120)
         }
     }
     ckpt_par_queue_bytes = bound;
+    keydir_free(kd);
+}
+
+/* Offsets of the entries of an encoded checkpoint (caller frees). */
+static void note_offset(void *ctx, const uint8_t *key, size_t klen, size_t at)
+{
+    (void)key;
+    (void)klen;
+    size_t **o = ctx;
+    *(*o)++ = at;
+}
+
+static size_t *entry_offsets(const uint8_t *buf, size_t len, size_t *n)
+{
+    *n = each_entry(buf, len, NULL, NULL);
+    size_t *offs = malloc(*n * sizeof *offs), *o = offs;
+    each_entry(buf, len, note_offset, &o);
+    return offs;
+}
+
+/* Loads buf from memory or streamed, on one thread or two, with check (may
+ * be NULL); returns ckpt_load's result, the keydir in *out on success. */
+static int load_mode(const uint8_t *buf, size_t len, int streamed, int par,
+                     int (*check)(void *, keydir_loc, char *, size_t), void *cctx, keydir **out,
+                     char *err, size_t errlen)
+{
+    size_t par_min = ckpt_par_load_min;
+    ckpt_par_load_min = par ? 1 : SIZE_MAX;
+    memsrc m = {buf, len, 0, 0};
+    ckpt_reader r = {.size = len, .buf = streamed ? NULL : buf, .read = memsrc_read, .ctx = &m,
+                     .check = check, .check_ctx = cctx};
+    ckpt_header h;
+    int rc = ckpt_load(&r, &h, out, err, errlen);
+    ckpt_par_load_min = par_min;
+    return rc;
+}
+
+/* The two-thread load builds the same keydir as one thread: a big
+ * checkpoint (many hand-overs), and few entries with long keys (a batch
+ * handed over for its key bytes, not its entry count). */
+Test(checkpoint, two_thread_load_matches_one_thread, .timeout = 120)
+{
+    keydir *kds[2] = {random_keydir(150000, 41), random_keydir(2000, 42)};
+    uint8_t *big = malloc(60000);
+    for (uint32_t i = 0; i < 40; i++) {
+        memset(big, (int)i, 60000);
+        keydir_loc l = {i, i, i};
+        cr_assert_eq(keydir_put(kds[1], big, 59000 + i, l, NULL), 0);
+    }
+    free(big);
+    for (int k = 0; k < 2; k++) {
+        ckpt_header h = sample_header();
+        uint8_t *buf;
+        size_t len;
+        cr_assert_eq(ckpt_encode(kds[k], &h, &buf, &len), 0);
+        for (int streamed = 0; streamed < 2; streamed++) {
+            check_ctx c = {0, 0, 0};
+            keydir *out = NULL;
+            char err[256] = "";
+            cr_assert_eq(load_mode(buf, len, streamed, 1, count_entry, &c, &out, err, sizeof err),
+                         0, "%s", err);
+            cr_assert_eq(c.calls, keydir_count(kds[k]));
+            assert_same(kds[k], out);
+            assert_same(out, kds[k]);
+            /* and it is as compact as one thread's (the sorted fill held) */
+            keydir *one = NULL;
+            cr_assert_eq(load_mode(buf, len, streamed, 0, NULL, NULL, &one, err, sizeof err), 0);
+            cr_assert_eq(keydir_mem_bytes(out), keydir_mem_bytes(one));
+            keydir_free(one);
+            keydir_free(out);
+        }
+        free(buf);
+        keydir_free(kds[k]);
+    }
+}
+
+/* Failures deep in a big checkpoint, alone and two at once, are reported
+ * by the two-thread load word for word as by one thread: the first in file
+ * order wins, whichever thread finds it. */
+Test(checkpoint, two_thread_load_reports_what_one_thread_does, .timeout = 120)
+{
+    keydir *kd = random_keydir(150000, 43);
+    ckpt_header h = sample_header();
+    uint8_t *buf;
+    size_t len, n;
+    cr_assert_eq(ckpt_encode(kd, &h, &buf, &len), 0);
+    size_t *off = entry_offsets(buf, len, &n);
+    cr_assert_eq(n, 150000);
+    uint8_t *b = malloc(len);
+    enum { DUP = 1, KLEN0 = 2, REFUSE = 4, TRAILER = 8, READFAIL = 16 };
+    static const struct {
+        unsigned what;
+        const char *want;
+    } cases[] = {
+        {DUP, "duplicate key in entry"},
+        {KLEN0, "key length 0 in entry 130000"},
+        {REFUSE, "entry 100000 refused"},
+        {TRAILER, "trailer checksum mismatch"},
+        {DUP | KLEN0, "duplicate key in entry"},
+        {REFUSE | KLEN0, "entry 100000 refused"},
+        {DUP | REFUSE, "duplicate key in entry"},
+        {DUP | TRAILER, "duplicate key in entry"},
+        {READFAIL, "read failed"},
+    };
+    /* a duplicate before entry 100000: an entry whose key has the length of
+     * the one before it takes that key */
+    size_t dup = 99000;
+    while (buf[off[dup] + 12] != buf[off[dup - 1] + 12] || buf[off[dup] + 13] != buf[off[dup - 1] + 13])
+        dup++;
+    cr_assert_lt(dup, 100000);
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        unsigned w = cases[ci].what;
+        memcpy(b, buf, len);
+        if (w & DUP)
+            memcpy(b + off[dup] + 14, b + off[dup - 1] + 14, b[off[dup] + 12]);
+        if (w & KLEN0) /* the bytes after it then misframe: the zero must win */
+            b[off[130000] + 12] = b[off[130000] + 13] = 0;
+        reseal(b, len);
+        if (w & TRAILER)
+            b[len - 1] ^= 1;
+        for (int streamed = (w & (TRAILER | READFAIL)) ? 1 : 0; streamed < 2; streamed++) {
+            char errs[2][256];
+            for (int par = 0; par < 2; par++) {
+                check_ctx c = {0, (w & REFUSE) ? 100000 : 0, 0};
+                keydir *sentinel = (keydir *)(uintptr_t)0x1, *out = sentinel;
+                errs[par][0] = '\0';
+                int rc;
+                if (w & READFAIL) { /* the read half way through the file fails */
+                    size_t par_min = ckpt_par_load_min;
+                    ckpt_par_load_min = par ? 1 : SIZE_MAX;
+                    memsrc m = {b, len, 0, (long)(len / (256 * 1024) / 2)};
+                    ckpt_reader r = {.size = len, .read = memsrc_read, .ctx = &m};
+                    ckpt_header h2;
+                    rc = ckpt_load(&r, &h2, &out, errs[par], sizeof errs[par]);
+                    ckpt_par_load_min = par_min;
+                } else {
+                    rc = load_mode(b, len, streamed, par, count_entry, &c, &out, errs[par],
+                                   sizeof errs[par]);
+                }
+                cr_assert_eq(rc, -1, "case %zu%s%s accepted", ci, streamed ? " streamed" : "",
+                             par ? " on two threads" : "");
+                cr_assert(out == sentinel);
+                cr_assert_not_null(strstr(errs[par], cases[ci].want), "case %zu: \"%s\" lacks \"%s\"",
+                                   ci, errs[par], cases[ci].want);
+            }
+            cr_assert_str_eq(errs[1], errs[0], "case %zu%s: two threads say \"%s\", one \"%s\"",
+                             ci, streamed ? " streamed" : "", errs[1], errs[0]);
+        }
+    }
+    free(b);
+    free(off);
+    free(buf);
     keydir_free(kd);
 }
