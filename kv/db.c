@@ -353,10 +353,71 @@ static int seg_create(s4kv_db *db, uint32_t no, char *err, size_t errlen)
     return fd;
 }
 
+/*
+ * Preallocated tail (S4KV_SYNC_BATCH). A durable append that grows the file
+ * makes its fdatasync commit the new size to the filesystem journal as well
+ * as write the data: 90-110 us a sync on this development machine's ext4,
+ * against 60-69 us for rewriting bytes the file already has. So before a
+ * small durable append would pass the end of the file, the writer extends
+ * the file with PREALLOC_BYTES of zeros (ordinary writes, made durable by
+ * that append's own fdatasync), and the appends after it overwrite zeros
+ * until they reach the end again: one size change a MiB instead of one a
+ * write. Measured (bench fillsync1, one writer, 128-byte records): p50 107
+ * -> 58 us, ops/s 8.9k -> 16k. Appends of more than PREALLOC_BYTES / 4 (bulk
+ * loads) skip it: their fdatasync is dominated by the data, and zeroing
+ * would double the bytes written.
+ *
+ * The zeros are never part of the log: size stays the end of the last
+ * batch, readers and uploads use size, rotation and close cut the file back
+ * to size (trim_tail), and recovery after a crash drops a tail of zeros
+ * like a torn tail (it is not a whole batch), saying which it was. A zero
+ * write that fails (ENOSPC) only ends the preallocation: the append itself
+ * goes on as a plain append, and the trim still cuts what was written.
+ */
+#define PREALLOC_BYTES ((uint64_t)1 << 20)
+
+static void prealloc_tail(s4kv_db *db, segment *a, uint64_t need)
+{
+    static const uint8_t zeros[64 * 1024];
+    uint64_t from = a->zero_end > a->size ? a->zero_end : a->size;
+    uint64_t to = (need + PREALLOC_BYTES + 4095) & ~(uint64_t)4095;
+    if (to > db->opt.max_segment_bytes)
+        to = db->opt.max_segment_bytes;
+    if (to <= from)
+        return;
+    /* Set first: a write that fails part way may still leave bytes past
+     * size, and trim_tail cuts up to here. Appends up to `to` then do not
+     * retry (the disk is likely full). */
+    a->zero_end = to;
+    while (from < to) {
+        size_t n = to - from < sizeof zeros ? (size_t)(to - from) : sizeof zeros;
+        ssize_t w = db->v->pwrite(db->v, a->fd, zeros, n, from);
+        if (w <= 0)
+            return;
+        from += (uint64_t)w;
+    }
+}
+
+/* Cuts the active segment's file back to its size when zeros were written
+ * past it (prealloc_tail): before it is sealed, and at close. */
+static int trim_tail(s4kv_db *db, segment *a, char *err, size_t errlen)
+{
+    if (a->zero_end <= a->size)
+        return 0;
+    int rc = db->v->ftruncate(db->v, a->fd, a->size);
+    if (rc != 0)
+        return seterr(err, errlen, errno_code(rc), "truncate data_%06u.s4kv to %" PRIu64
+                      " bytes: %s", a->no, a->size, strerror(-rc));
+    a->zero_end = 0;
+    return 0;
+}
+
 int db_rotate(s4kv_db *db, char *err, size_t errlen)
 {
     segment *old = active_seg(db);
-    int rc = sync_active(db, err, errlen);
+    int rc = trim_tail(db, old, err, errlen);
+    if (rc == 0)
+        rc = sync_active(db, err, errlen);
     if (rc)
         return rc;
     uint32_t no = db->next_segment;
@@ -626,10 +687,14 @@ static int append_group(s4kv_db *db, writer *head, writer *last, char *err, size
         buf = db->gbuf;
     }
     uint64_t off = a->size;
+    if (db->opt.sync_mode == S4KV_SYNC_BATCH && off + total > a->zero_end &&
+        total <= PREALLOC_BYTES / 4)
+        prealloc_tail(db, a, off + total);
     ssize_t wr = db->v->pwrite(db->v, a->fd, buf, total, off);
     if (wr < 0) {
         /* Cut off whatever part reached the file; if even that fails the
          * tail is uncertain and the handle stops taking writes. */
+        a->zero_end = 0;
         if (db->v->ftruncate(db->v, a->fd, off) != 0)
             db->failed = 1;
         return seterr(err, errlen, errno_code((int)wr), "write data_%06u.s4kv at offset %" PRIu64
@@ -644,6 +709,7 @@ static int append_group(s4kv_db *db, writer *head, writer *last, char *err, size
              * (Linux may have dropped the dirty pages): refuse writes
              * until reopen, which replays what really is on disk. */
             db->failed = 1;
+            a->zero_end = 0;
             db->v->ftruncate(db->v, a->fd, off);
             return seterr(err, errlen, errno_code(rc), "fdatasync data_%06u.s4kv: %s", a->no,
                           strerror(-rc));
@@ -1413,6 +1479,26 @@ static int replay_cb(void *ctx, const segment *s, uint64_t off, const rec_view *
     return replay_apply(c->db, c->kd, s, off, r);
 }
 
+/* 1 when the bytes [from, to) of s are all zeros (a preallocated tail, see
+ * prealloc_tail) and at most 2 * PREALLOC_BYTES long; 0 otherwise. */
+static int zero_tail(s4kv_db *db, const segment *s, uint64_t from, uint64_t to)
+{
+    if (to - from > 2 * PREALLOC_BYTES)
+        return 0;
+    uint8_t buf[16384];
+    char e[128];
+    while (from < to) {
+        size_t n = to - from < sizeof buf ? (size_t)(to - from) : sizeof buf;
+        if (seg_read(db, s, from, buf, n, e, sizeof e) != 0)
+            return 0;
+        for (size_t i = 0; i < n; i++)
+            if (buf[i])
+                return 0;
+        from += n;
+    }
+    return 1;
+}
+
 /* Replays segments [from, nsegs) into kd, the first from offset `start`.
  * With truncate_tail, a torn tail of the active segment is cut off. */
 static int replay_from(s4kv_db *db, keydir *kd, size_t from, uint64_t start, int truncate_tail,
@@ -1439,14 +1525,19 @@ static int replay_from(s4kv_db *db, keydir *kd, size_t from, uint64_t start, int
             db_log(db, "corruption: sealed segment data_%06u.s4kv has %" PRIu64 " bad bytes at "
                        "its end (offset %" PRIu64 ")", s->no, cut, res.end);
         } else if (truncate_tail && !db->read_only) {
+            int zeros = zero_tail(db, s, res.end, s->size);
             int t = db->v->ftruncate(db->v, s->fd, res.end);
             if (t == 0)
                 t = db->v->fdatasync(db->v, s->fd);
             if (t)
                 return seterr(err, errlen, errno_code(t), "truncate data_%06u.s4kv: %s", s->no,
                               strerror(-t));
-            db_log(db, "recovery: cut a torn tail of %" PRIu64 " bytes from data_%06u.s4kv "
-                       "at offset %" PRIu64, cut, s->no, res.end);
+            if (zeros)
+                db_log(db, "recovery: cut the preallocated tail (%" PRIu64 " zero bytes) from "
+                           "data_%06u.s4kv at offset %" PRIu64, cut, s->no, res.end);
+            else
+                db_log(db, "recovery: cut a torn tail of %" PRIu64 " bytes from data_%06u.s4kv "
+                           "at offset %" PRIu64, cut, s->no, res.end);
             s->size = res.end;
         } else if (truncate_tail) {
             s->size = res.end; /* read-only: ignore the tail, leave the file alone */
@@ -1785,6 +1876,8 @@ int s4kv_close(s4kv_db *db)
     if (!db->read_only && !db->failed) {
         char e[512];
         db_exclusive_begin_ckpt(db);
+        if (trim_tail(db, active_seg(db), e, sizeof e) != 0) /* the next open drops it */
+            db_log(db, "close: %s", e);
         if (db->since_ckpt > 0 || !db->ckpt_name)
             rc = db_checkpoint_locked(db, e, sizeof e);
         else

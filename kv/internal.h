@@ -115,6 +115,9 @@ typedef struct segment {
     const uint8_t *map; /* read-only mapping of [0, maplen), or NULL */
     uint64_t maplen;
     uint64_t kicked;   /* writeback of [0, kicked) has been started (vfs writeback) */
+    uint64_t zero_end; /* active, S4KV_SYNC_BATCH: the file may hold bytes past size, up
+                        * to zero_end, zeros written ahead of the appends (prealloc_tail
+                        * in db.c), never log data; <= size when there are none */
 } segment;
 
 typedef struct writer writer;

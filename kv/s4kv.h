@@ -70,7 +70,10 @@ typedef enum {
                                A process crash loses nothing, a power loss may. */
     S4KV_SYNC_BATCH = 1,    /* fdatasync before a write is acknowledged. Concurrent
                                writers are group-committed: one fdatasync covers all
-                               batches queued while the previous one ran. Default. */
+                               batches queued while the previous one ran. The open
+                               segment file runs up to 1 MiB of zeros ahead of small
+                               writes (so a sync needs no file-size change; see
+                               kv/FORMAT.md); close cuts them off. Default. */
     S4KV_SYNC_INTERVAL = 2, /* a background thread fdatasyncs at most every
                                sync_interval_ms; a power loss loses at most that
                                window of acknowledged writes. */

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <dirent.h>
+#include <errno.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -649,6 +650,145 @@ Test(engine, interval_mode_syncs)
     expect_val(db, "k", "v");
     s4kv_close(db);
     vfs_fault_free(f);
+    tu_rmtree_free(dir);
+}
+
+static uint64_t data_file_size(const char *dir, unsigned no)
+{
+    char p[4200];
+    snprintf(p, sizeof p, "%s/data_%06u.s4kv", dir, no);
+    struct stat st;
+    cr_assert_eq(stat(p, &st), 0, "stat %s", p);
+    return (uint64_t)st.st_size;
+}
+
+/* Every data file in dir holds whole batches up to its last byte (no zeros
+ * or other bytes past the log), checked by seg_file_check; returns how many
+ * files there were. */
+static int data_files_exact(const char *dir)
+{
+    int n = 0;
+    for (unsigned no = 1; no < 1000; no++) {
+        char p[4200], err[512] = "";
+        snprintf(p, sizeof p, "%s/data_%06u.s4kv", dir, no);
+        if (access(p, F_OK) != 0)
+            continue;
+        cr_assert_eq(seg_file_check(p, no, data_file_size(dir, no), NULL, err, sizeof err), 0,
+                     "%s", err);
+        n++;
+    }
+    return n;
+}
+
+/* Durable appends overwrite zeros written ahead of them (prealloc_tail in
+ * db.c): the file runs about 1 MiB ahead of the log while open; a crash
+ * leaves the zeros and recovery drops them, saying so; close and rotation
+ * cut the file back to whole batches; bytes other than zeros there are
+ * still a torn tail; a zero write that fails (a full disk) costs no write. */
+Test(engine, durable_appends_overwrite_a_preallocated_tail)
+{
+    char *dir = tu_tmpdir("prealloc");
+    s4kv_options o = small_opts();
+    o.sync_mode = S4KV_SYNC_BATCH;
+    o.max_segment_bytes = 64 << 20;
+    char k[32], v[64];
+    s4kv_db *db = open_ok(dir, &o);
+    for (int i = 0; i < 100; i++) {
+        snprintf(k, sizeof k, "k%03d", i);
+        snprintf(v, sizeof v, "v%d", i);
+        put_ok(db, k, v);
+    }
+    uint64_t sz = data_file_size(dir, 1);
+    cr_assert_geq(sz, 1 << 20, "the file runs ahead of 100 small records: %llu bytes",
+                  (unsigned long long)sz);
+    cr_assert_eq(sz % 4096, 0);
+
+    /* a crash: the zeros stay, recovery cuts them and says it was zeros */
+    s4kv__abandon(db);
+    logbuf[0] = 0;
+    db = open_ok(dir, &o);
+    cr_assert_not_null(strstr(logbuf, "recovery: cut the preallocated tail"), "%s", logbuf);
+    cr_assert_null(strstr(logbuf, "torn"), "%s", logbuf);
+    cr_assert_lt(data_file_size(dir, 1), 1 << 20);
+    cr_assert_eq(data_files_exact(dir), 1);
+    for (int i = 0; i < 100; i++) {
+        snprintf(k, sizeof k, "k%03d", i);
+        snprintf(v, sizeof v, "v%d", i);
+        expect_val(db, k, v);
+    }
+
+    /* close cuts them */
+    put_ok(db, "after", "crash");
+    cr_assert_gt(data_file_size(dir, 1), 1 << 20);
+    s4kv_close(db);
+    cr_assert_eq(data_files_exact(dir), 1);
+    logbuf[0] = 0;
+    db = open_ok(dir, &o);
+    cr_assert_null(strstr(logbuf, "tail"), "%s", logbuf);
+
+    /* other bytes in the zeros: a torn tail, and nothing committed lost */
+    put_ok(db, "g", "1");
+    uint64_t end = data_file_size(dir, 1);
+    s4kv__abandon(db);
+    char path[4200];
+    snprintf(path, sizeof path, "%s/data_000001.s4kv", dir);
+    FILE *fp = fopen(path, "r+b");
+    cr_assert_not_null(fp);
+    fseek(fp, (long)(end - 100), SEEK_SET);
+    fwrite("junk!", 1, 5, fp);
+    fclose(fp);
+    logbuf[0] = 0;
+    db = open_ok(dir, &o);
+    cr_assert_not_null(strstr(logbuf, "recovery: cut a torn tail"), "%s", logbuf);
+    cr_assert_null(strstr(logbuf, "preallocated"), "%s", logbuf);
+    expect_val(db, "g", "1");
+    expect_val(db, "after", "crash");
+    expect_val(db, "k099", "v99");
+    s4kv_close(db);
+
+    /* a failing zero write: the put still succeeds, and close still cuts
+     * what the half-done write left */
+    vfs_fault *f = vfs_fault_new();
+    char err[512] = "";
+    cr_assert_eq(s4kv__open_vfs(dir, &o, vfs_fault_vfs(f), NULL, &db, err, sizeof err), 0, "%s",
+                 err);
+    vfs_fault_arm(f, VFS_OP_PWRITE, 0, ENOSPC, 0, "data_");
+    put_ok(db, "full", "disk");
+    cr_assert_eq(vfs_fault_hits(f), 1, "the first zero write failed");
+    s4kv_close(db);
+    vfs_fault_free(f);
+    cr_assert_eq(data_files_exact(dir), 1);
+    logbuf[0] = 0;
+    db = open_ok(dir, &o);
+    cr_assert_null(strstr(logbuf, "tail"), "%s", logbuf);
+    expect_val(db, "full", "disk");
+    s4kv_close(db);
+    tu_rmtree_free(dir);
+
+    /* rotation: every sealed segment ends with its last batch */
+    dir = tu_tmpdir("prealloc-rot");
+    o.max_segment_bytes = 256 << 10;
+    db = open_ok(dir, &o);
+    char val[100];
+    memset(val, 'v', sizeof val - 1);
+    val[sizeof val - 1] = 0;
+    for (int i = 0; i < 8000; i++) {
+        snprintf(k, sizeof k, "r%05d", i);
+        put_ok(db, k, val);
+    }
+    s4kv_stats st;
+    s4kv_stats_get(db, &st);
+    cr_assert_geq(st.active_segment, 3, "rotated at least twice");
+    for (unsigned no = 1; no < st.active_segment; no++) {
+        char p[4200];
+        snprintf(p, sizeof p, "%s/data_%06u.s4kv", dir, no);
+        uint64_t len = data_file_size(dir, no);
+        cr_assert_leq(len, 256 << 10);
+        cr_assert_eq(seg_file_check(p, no, len, NULL, err, sizeof err), 0, "%s", err);
+    }
+    cr_assert_gt(data_file_size(dir, st.active_segment), 0);
+    s4kv_close(db);
+    cr_assert_geq(data_files_exact(dir), 3);
     tu_rmtree_free(dir);
 }
 
