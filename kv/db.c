@@ -29,10 +29,18 @@
 #define GROUP_MAX_BYTES (4u << 20)
 #define REMOTE_READS 3 /* reads of a remote record before it is corrupt */
 
+/* A queued writer, on its thread's stack (or calloc'd for an exclusive
+ * entry). Its state is set by the head that leads its group, under the
+ * writer's own mu: the waiter must take mu to return, so it cannot free the
+ * struct while the waker still uses it, and the queue mutex is not held while
+ * a group's writers are woken (RocksDB's WriteThread does the same with its
+ * per-writer StateMutex). */
+enum { W_QUEUED, W_HEAD, W_DONE };
 struct writer {
     s4kv_batch *b;     /* NULL for an exclusive (maintenance) entry */
-    int done, rc;
+    int state, rc;     /* W_*; rc and msg are set with W_DONE */
     char msg[512];
+    pthread_mutex_t mu;
     pthread_cond_t cv;
     writer *next;
 };
@@ -227,9 +235,10 @@ void db_recount_live(s4kv_db *db)
 
 static void q_wait_head(s4kv_db *db, writer *w)
 {
+    pthread_mutex_init(&w->mu, NULL);
     pthread_cond_init(&w->cv, NULL);
     w->next = NULL;
-    w->done = 0;
+    w->state = W_QUEUED;
     pthread_mutex_lock(&db->qmu);
     if (db->qtail)
         db->qtail->next = w;
@@ -237,39 +246,68 @@ static void q_wait_head(s4kv_db *db, writer *w)
         db->qhead = w;
     db->qtail = w;
     db->qlen++;
-    if (db->gathering && db->qhead != w)
-        pthread_cond_signal(&db->qhead->cv);
-    while (!w->done && db->qhead != w)
-        pthread_cond_wait(&w->cv, &db->qmu);
+    int head = db->qhead == w;
+    if (db->gathering && !head)
+        pthread_cond_signal(&db->gather_cv);
     pthread_mutex_unlock(&db->qmu);
+    if (head) {
+        w->state = W_HEAD;
+        return;
+    }
+    pthread_mutex_lock(&w->mu);
+    while (w->state == W_QUEUED)
+        pthread_cond_wait(&w->cv, &w->mu);
+    pthread_mutex_unlock(&w->mu);
 }
 
-/* Pops the writers from the head through `last`, waking each with its rc. */
+static void q_writer_destroy(writer *w)
+{
+    pthread_cond_destroy(&w->cv);
+    pthread_mutex_destroy(&w->mu);
+}
+
+/* Sets a waiting writer's state and wakes it. After the unlock the writer
+ * may return and its struct be gone: nothing here touches it after. */
+static void q_wake(writer *w, int state, int rc, const char *msg)
+{
+    pthread_mutex_lock(&w->mu);
+    w->rc = rc;
+    if (rc && msg)
+        snprintf(w->msg, sizeof w->msg, "%s", msg);
+    w->state = state;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+/* Takes the writers from the head (self) through `last` off the queue, then,
+ * outside the queue mutex, wakes each with its rc and the new head to lead
+ * the next group. */
 static void q_pop(s4kv_db *db, writer *self, writer *last, int rc, const char *msg)
 {
     pthread_mutex_lock(&db->qmu);
-    writer *w = db->qhead;
-    for (;;) {
-        writer *next = w->next;
-        db->qlen--;
-        if (w != self) {
-            w->rc = rc;
-            if (rc && msg)
-                snprintf(w->msg, sizeof w->msg, "%s", msg);
-            w->done = 1;
-            pthread_cond_signal(&w->cv);
-        }
-        if (w == last) {
-            db->qhead = next;
-            break;
-        }
-        w = next;
-    }
+    size_t n = 1;
+    for (writer *w = self; w != last; w = w->next)
+        n++;
+    db->qhead = last->next;
     if (!db->qhead)
         db->qtail = NULL;
-    else
-        pthread_cond_signal(&db->qhead->cv);
+    db->qlen -= n;
+    writer *next_head = db->qhead;
     pthread_mutex_unlock(&db->qmu);
+    /* The group's writers wait until woken, so their structs (and next
+     * pointers, read before each wake) stay valid up to then; the new head
+     * waits likewise, and only this thread wakes it. */
+    for (writer *w = self;;) {
+        writer *next = w->next;
+        int end = w == last;
+        if (w != self)
+            q_wake(w, W_DONE, rc, msg);
+        if (end)
+            break;
+        w = next;
+    }
+    if (next_head)
+        q_wake(next_head, W_HEAD, 0, NULL);
 }
 
 static __thread writer *excl_self;
@@ -289,7 +327,7 @@ void db_exclusive_end(s4kv_db *db)
     writer *w = excl_self;
     excl_self = NULL;
     q_pop(db, w, w, 0, NULL);
-    pthread_cond_destroy(&w->cv);
+    q_writer_destroy(w);
     free(w);
 }
 
@@ -767,7 +805,7 @@ static int append_group(s4kv_db *db, writer *head, writer *last, char *err, size
  */
 #define GATHER_MAX_US 200
 
-static void gather(s4kv_db *db, writer *self)
+static void gather(s4kv_db *db)
 {
     if (db->opt.sync_mode != S4KV_SYNC_BATCH || db->last_group < 2 || db->qlen >= db->last_group)
         return;
@@ -781,7 +819,7 @@ static void gather(s4kv_db *db, writer *self)
     ts.tv_nsec = (long)(ns % 1000000000u);
     db->gathering = 1;
     while (db->qlen < db->last_group)
-        if (pthread_cond_timedwait(&self->cv, &db->qmu, &ts) != 0)
+        if (pthread_cond_timedwait(&db->gather_cv, &db->qmu, &ts) != 0)
             break;
     db->gathering = 0;
 }
@@ -792,15 +830,15 @@ static int commit(s4kv_db *db, s4kv_batch *b, char *err, size_t errlen)
         return seterr(err, errlen, S4KV_EREADONLY, "%s is open read-only", db->dir);
     writer w = {.b = b};
     q_wait_head(db, &w);
-    if (w.done) {
-        pthread_cond_destroy(&w.cv);
+    if (w.state == W_DONE) {
+        q_writer_destroy(&w);
         if (w.rc)
             seterr(err, errlen, w.rc, "%s", w.msg);
         return w.rc;
     }
     /* Leader: take the queued batches behind us, up to a size bound. */
     pthread_mutex_lock(&db->qmu);
-    gather(db, &w);
+    gather(db);
     writer *last = &w;
     uint64_t total = b->len;
     size_t n = 1;
@@ -815,7 +853,7 @@ static int commit(s4kv_db *db, s4kv_batch *b, char *err, size_t errlen)
     char msg[512] = "";
     int rc = append_group(db, &w, last, msg, sizeof msg);
     q_pop(db, &w, last, rc, msg);
-    pthread_cond_destroy(&w.cv);
+    q_writer_destroy(&w);
     if (rc)
         seterr(err, errlen, rc, "%s", msg);
     return rc;
@@ -1294,6 +1332,7 @@ static void db_free(s4kv_db *db)
     pthread_rwlock_destroy(&db->rw);
     pthread_mutex_destroy(&db->qmu);
     pthread_cond_destroy(&db->stop_cv);
+    pthread_cond_destroy(&db->gather_cv);
     pthread_mutex_destroy(&db->cmu);
     pthread_cond_destroy(&db->move_cv);
     free(db);
@@ -1777,6 +1816,7 @@ int s4kv__open_vfs(const char *dir, const s4kv_options *opt, vfs *v, keydir_hash
     pthread_rwlockattr_destroy(&ra);
     pthread_mutex_init(&db->qmu, NULL);
     pthread_cond_init(&db->stop_cv, NULL);
+    pthread_cond_init(&db->gather_cv, NULL);
     pthread_mutex_init(&db->cmu, NULL);
     pthread_cond_init(&db->move_cv, NULL);
     db->next_seq = 1;

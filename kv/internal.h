@@ -156,6 +156,7 @@ struct s4kv_db {
     size_t qlen, last_group;
     uint64_t last_sync_us;
     int gathering;
+    pthread_cond_t gather_cv; /* with qmu: the gathering head waits, enqueuers signal */
 
     void (*remote_free)(void *); /* frees remote_owned at close (sync/ remote opens) */
     void *remote_owned;
