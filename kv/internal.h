@@ -157,6 +157,7 @@ struct s4kv_db {
     uint64_t last_sync_us;
     int gathering;
     pthread_cond_t gather_cv; /* with qmu: the gathering head waits, enqueuers signal */
+    uint64_t prealloc_step;   /* zeros the next prealloc_tail writes ahead (0: the first) */
 
     void (*remote_free)(void *); /* frees remote_owned at close (sync/ remote opens) */
     void *remote_owned;
