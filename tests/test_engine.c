@@ -37,6 +37,16 @@ static s4kv_options small_opts(void)
     return o;
 }
 
+/* small_opts with fdatasync before every acknowledgement and segments of
+ * max_segment_bytes. */
+static s4kv_options durable_opts(uint64_t max_segment_bytes)
+{
+    s4kv_options o = small_opts();
+    o.sync_mode = S4KV_SYNC_BATCH;
+    o.max_segment_bytes = max_segment_bytes;
+    return o;
+}
+
 static s4kv_db *open_ok(const char *dir, const s4kv_options *o)
 {
     char err[512] = "";
@@ -604,9 +614,7 @@ static void *writer_thread(void *arg)
 Test(engine, group_commit_threads)
 {
     char *dir = tu_tmpdir("group");
-    s4kv_options o = small_opts();
-    o.sync_mode = S4KV_SYNC_BATCH;
-    o.max_segment_bytes = 64 << 10;
+    s4kv_options o = durable_opts(64 << 10);
     s4kv_db *db = open_ok(dir, &o);
     pthread_t th[8];
     tw args[8];
@@ -680,6 +688,17 @@ static int data_files_exact(const char *dir)
     return n;
 }
 
+/* After a close: every data file ends with its last batch, and a reopen
+ * finds no tail to cut. Returns the reopened handle. */
+static s4kv_db *reopen_exact(const char *dir, const s4kv_options *o)
+{
+    cr_assert_eq(data_files_exact(dir), 1);
+    logbuf[0] = 0;
+    s4kv_db *db = open_ok(dir, o);
+    cr_assert_null(strstr(logbuf, "tail"), "%s", logbuf);
+    return db;
+}
+
 /* Durable appends overwrite zeros written ahead of them (prealloc_tail in
  * db.c): the file runs ahead of the log while open, 16 KiB at first and
  * at most 1 MiB once the writes keep coming; a crash leaves the zeros and
@@ -689,9 +708,7 @@ static int data_files_exact(const char *dir)
 Test(engine, durable_appends_overwrite_a_preallocated_tail)
 {
     char *dir = tu_tmpdir("prealloc");
-    s4kv_options o = small_opts();
-    o.sync_mode = S4KV_SYNC_BATCH;
-    o.max_segment_bytes = 64 << 20;
+    s4kv_options o = durable_opts(64 << 20);
     char k[32], v[64];
     s4kv_db *db = open_ok(dir, &o);
     for (int i = 0; i < 100; i++) {
@@ -723,10 +740,7 @@ Test(engine, durable_appends_overwrite_a_preallocated_tail)
     put_ok(db, "after", "crash");
     cr_assert_gt(data_file_size(dir, 1), db->segs[db->nsegs - 1]->size);
     s4kv_close(db);
-    cr_assert_eq(data_files_exact(dir), 1);
-    logbuf[0] = 0;
-    db = open_ok(dir, &o);
-    cr_assert_null(strstr(logbuf, "tail"), "%s", logbuf);
+    db = reopen_exact(dir, &o);
 
     /* other bytes in the zeros: a torn tail, and nothing committed lost */
     put_ok(db, "g", "1");
@@ -759,10 +773,7 @@ Test(engine, durable_appends_overwrite_a_preallocated_tail)
     cr_assert_eq(vfs_fault_hits(f), 1, "the first zero write failed");
     s4kv_close(db);
     vfs_fault_free(f);
-    cr_assert_eq(data_files_exact(dir), 1);
-    logbuf[0] = 0;
-    db = open_ok(dir, &o);
-    cr_assert_null(strstr(logbuf, "tail"), "%s", logbuf);
+    db = reopen_exact(dir, &o);
     expect_val(db, "full", "disk");
     s4kv_close(db);
     tu_rmtree_free(dir);
