@@ -2,21 +2,42 @@
  * fuzz_checkpoint.c - libFuzzer target for the index checkpoint loader
  * (ckpt_decode, index/checkpoint.c), on the input as given and with its
  * header and trailer checksums repaired (fixup.h). A checkpoint that loads
- * must re-encode (ckpt_encode) to one that loads with the same entries.
+ * must re-encode (ckpt_encode) to one that loads with the same entries. The
+ * two-thread load (ckpt_par_load_min 1) must give the one-thread verdict:
+ * the same reason word for word, or the same number of keys.
  */
 #include "fixup.h"
 #include "keydir.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+/* ckpt_decode with the two-thread load from par_min entries. */
+static int decode_par(size_t par_min, const uint8_t *buf, size_t size, ckpt_header *h,
+                      keydir **kd, char *err, size_t errlen)
+{
+    size_t old = ckpt_par_load_min;
+    ckpt_par_load_min = par_min;
+    int rc = ckpt_decode(buf, size, NULL, h, kd, err, errlen);
+    ckpt_par_load_min = old;
+    return rc;
+}
+
 static void run(const uint8_t *buf, size_t size)
 {
-    ckpt_header h;
-    keydir *kd = NULL;
-    char err[512];
-    err[0] = 0;
-    if (ckpt_decode(buf, size, NULL, &h, &kd, err, sizeof err) != 0) {
+    ckpt_header h, hp;
+    keydir *kd = NULL, *kdp = NULL;
+    char err[512], errp[512];
+    err[0] = errp[0] = 0;
+    int rc = decode_par(SIZE_MAX, buf, size, &h, &kd, err, sizeof err);
+    /* the two-thread load agrees: the same verdict, reason and keys */
+    int rcp = decode_par(1, buf, size, &hp, &kdp, errp, sizeof errp);
+    if (rc != rcp || (rc != 0 && strcmp(err, errp) != 0) ||
+        (rc == 0 && keydir_count(kd) != keydir_count(kdp)))
+        abort();
+    keydir_free(kdp);
+    if (rc != 0) {
         if (!err[0] || kd)
             abort(); /* a rejection says why and leaves *out untouched */
         return;

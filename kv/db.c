@@ -400,10 +400,11 @@ static int seg_create(s4kv_db *db, uint32_t no, char *err, size_t errlen)
  * the file with PREALLOC_BYTES of zeros (ordinary writes, made durable by
  * that append's own fdatasync), and the appends after it overwrite zeros
  * until they reach the end again: one size change a MiB (after a ramp from
- * 16 KiB) instead of one a write. Measured (bench fillsync1, one writer,
- * 128-byte records): p50 107 -> 58 us, ops/s 8.9k -> 16k. Appends of more than PREALLOC_BYTES / 4 (bulk
- * loads) skip it: their fdatasync is dominated by the data, and zeroing
- * would double the bytes written.
+ * 16 KiB) instead of one a write. Measured in alternating runs of bench
+ * fillsync1 (one writer, 128-byte records): 5-13 k -> 9.5-19 k writes/s.
+ * Appends of more than PREALLOC_BYTES / 4 (bulk loads) skip it: their
+ * fdatasync is dominated by the data, and zeroing would double the bytes
+ * written.
  *
  * The zeros are never part of the log: size stays the end of the last
  * batch, readers and uploads use size, rotation and close cut the file back
