@@ -3,8 +3,9 @@
  * (ckpt_decode, index/checkpoint.c), on the input as given and with its
  * header and trailer checksums repaired (fixup.h). A checkpoint that loads
  * must re-encode (ckpt_encode) to one that loads with the same entries. The
- * two-thread load (ckpt_par_load_min 1) must give the one-thread verdict:
- * the same reason word for word, or the same number of keys.
+ * two-thread load (ckpt_par_load_min 1) must give the one-thread verdict,
+ * the same reason word for word or the same number of keys, on inputs whose
+ * size is a multiple of 8.
  */
 #include "fixup.h"
 #include "keydir.h"
@@ -31,12 +32,15 @@ static void run(const uint8_t *buf, size_t size)
     char err[512], errp[512];
     err[0] = errp[0] = 0;
     int rc = decode_par(SIZE_MAX, buf, size, &h, &kd, err, sizeof err);
-    /* the two-thread load agrees: the same verdict, reason and keys */
-    int rcp = decode_par(1, buf, size, &hp, &kdp, errp, sizeof errp);
-    if (rc != rcp || (rc != 0 && strcmp(err, errp) != 0) ||
-        (rc == 0 && keydir_count(kd) != keydir_count(kdp)))
-        abort();
-    keydir_free(kdp);
+    /* the two-thread load agrees: the same verdict, reason and keys (for
+     * one input size in 8: starting its thread costs ten times the load) */
+    if ((size & 7) == 0) {
+        int rcp = decode_par(1, buf, size, &hp, &kdp, errp, sizeof errp);
+        if (rc != rcp || (rc != 0 && strcmp(err, errp) != 0) ||
+            (rc == 0 && keydir_count(kd) != keydir_count(kdp)))
+            abort();
+        keydir_free(kdp);
+    }
     if (rc != 0) {
         if (!err[0] || kd)
             abort(); /* a rejection says why and leaves *out untouched */

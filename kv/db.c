@@ -402,9 +402,10 @@ static int seg_create(s4kv_db *db, uint32_t no, char *err, size_t errlen)
  * until they reach the end again: one size change a MiB (after a ramp from
  * 16 KiB) instead of one a write. Measured in alternating runs of bench
  * fillsync1 (one writer, 128-byte records): 5-13 k -> 9.5-19 k writes/s.
- * Appends of more than PREALLOC_BYTES / 4 (bulk loads) skip it: their
- * fdatasync is dominated by the data, and zeroing would double the bytes
- * written.
+ * Appends of more than PREALLOC_MAX_APPEND skip it: every byte of zeros is
+ * written again as data, which costs more than the journal commit saved
+ * once an append is longer than about that commit's time at the disk's
+ * write rate (30-40 us at 588-827 MB/s here: 18-33 KB).
  *
  * The zeros are never part of the log: size stays the end of the last
  * batch, readers and uploads use size, rotation and close cut the file back
@@ -415,6 +416,7 @@ static int seg_create(s4kv_db *db, uint32_t no, char *err, size_t errlen)
  */
 #define PREALLOC_BYTES ((uint64_t)1 << 20)
 #define PREALLOC_FIRST ((uint64_t)16 << 10)
+#define PREALLOC_MAX_APPEND ((uint64_t)16 << 10)
 
 static void prealloc_tail(s4kv_db *db, segment *a, uint64_t need)
 {
@@ -733,7 +735,7 @@ static int append_group(s4kv_db *db, writer *head, writer *last, char *err, size
     }
     uint64_t off = a->size;
     if (db->opt.sync_mode == S4KV_SYNC_BATCH && off + total > a->zero_end &&
-        total <= PREALLOC_BYTES / 4)
+        total <= PREALLOC_MAX_APPEND)
         prealloc_tail(db, a, off + total);
     ssize_t wr = db->v->pwrite(db->v, a->fd, buf, total, off);
     if (wr < 0) {

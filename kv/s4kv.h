@@ -71,8 +71,8 @@ typedef enum {
     S4KV_SYNC_BATCH = 1,    /* fdatasync before a write is acknowledged. Concurrent
                                writers are group-committed: one fdatasync covers all
                                batches queued while the previous one ran. The open
-                               segment file runs up to 1 MiB of zeros ahead of small
-                               writes (so a sync needs no file-size change; see
+                               segment file runs up to 1 MiB of zeros ahead of writes
+                               of up to 16 KiB (so a sync needs no file-size change; see
                                kv/FORMAT.md); close cuts them off. Default. */
     S4KV_SYNC_INTERVAL = 2, /* a background thread fdatasyncs at most every
                                sync_interval_ms; a power loss loses at most that

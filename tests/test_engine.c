@@ -778,9 +778,18 @@ Test(engine, durable_appends_overwrite_a_preallocated_tail)
     s4kv_close(db);
     tu_rmtree_free(dir);
 
-    /* the zeros ahead grow from 16 KiB by doubling to 1 MiB, never more */
+    /* the zeros ahead grow from 16 KiB by doubling to 1 MiB, never more;
+     * a write of more than 16 KiB is a plain append */
     dir = tu_tmpdir("prealloc-ramp");
     db = open_ok(dir, &o);
+    uint8_t big[20000];
+    uint64_t seed = 5;
+    for (size_t i = 0; i < sizeof big; i += 8) {
+        uint64_t x = tu_rand(&seed);
+        memcpy(big + i, &x, 8);
+    }
+    cr_assert_eq(s4kv_put(db, "big", 3, big, sizeof big, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(data_file_size(dir, 1), db->segs[db->nsegs - 1]->size, "no zeros after 20 KB");
     uint64_t most = 0;
     s4kv_batch *b = s4kv_batch_new();
     char val[100];
