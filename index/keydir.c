@@ -111,12 +111,19 @@ static uint64_t xxh3_hash(const void *key, size_t klen)
     return XXH3_64bits(key, klen);
 }
 
+/* The key's 64-bit hash folded to the 32 bits the table keeps; hash NULL or
+ * xxh3_hash = xxh3-64, inlined (xxh3 of a short key is a few instructions;
+ * the call through the pointer cost more than the hash). The one definition
+ * of a key's hash: key_hash and keydir_hash_fn_fold both use it. */
+static inline uint32_t fold_hash(keydir_hash_fn hash, const void *key, size_t klen)
+{
+    uint64_t h = !hash || hash == xxh3_hash ? XXH3_64bits(key, klen) : hash(key, klen);
+    return (uint32_t)(h ^ (h >> 32));
+}
+
 static uint32_t key_hash(const keydir *kd, const void *key, size_t klen)
 {
-    /* the default hash inlined (xxh3 of a short key is a few instructions;
-     * the call through the pointer cost more than the hash) */
-    uint64_t h = kd->hash == xxh3_hash ? XXH3_64bits(key, klen) : kd->hash(key, klen);
-    return (uint32_t)(h ^ (h >> 32));
+    return fold_hash(kd->hash, key, klen);
 }
 
 static size_t home_of(uint32_t h, size_t cap)
@@ -498,8 +505,7 @@ uint32_t keydir_hash(const keydir *kd, const void *key, size_t klen)
 
 uint32_t keydir_hash_fn_fold(keydir_hash_fn hash, const void *key, size_t klen)
 {
-    uint64_t h = hash ? hash(key, klen) : XXH3_64bits(key, klen);
-    return (uint32_t)(h ^ (h >> 32));
+    return fold_hash(hash, key, klen);
 }
 
 void keydir_prefetch(const keydir *kd, const void *key, size_t klen)

@@ -833,15 +833,16 @@ static size_t *entry_offsets(const uint8_t *buf, size_t len, size_t *n)
     return offs;
 }
 
-/* Loads buf from memory or streamed, on one thread or two, with check (may
- * be NULL); returns ckpt_load's result, the keydir in *out on success. */
-static int load_mode(const uint8_t *buf, size_t len, int streamed, int par,
+/* Loads buf from memory or streamed (its read number fail_at failing, 0 =
+ * none), on one thread or two, with check (may be NULL); returns
+ * ckpt_load's result, the keydir in *out on success. */
+static int load_mode(const uint8_t *buf, size_t len, int streamed, long fail_at, int par,
                      int (*check)(void *, keydir_loc, char *, size_t), void *cctx, keydir **out,
                      char *err, size_t errlen)
 {
     size_t par_min = ckpt_par_load_min;
     ckpt_par_load_min = par ? 1 : SIZE_MAX;
-    memsrc m = {buf, len, 0, 0};
+    memsrc m = {buf, len, 0, fail_at};
     ckpt_reader r = {.size = len, .buf = streamed ? NULL : buf, .read = memsrc_read, .ctx = &m,
                      .check = check, .check_ctx = cctx};
     ckpt_header h;
@@ -872,14 +873,15 @@ Test(checkpoint, two_thread_load_matches_one_thread, .timeout = 120)
             check_ctx c = {0, 0, 0};
             keydir *out = NULL;
             char err[256] = "";
-            cr_assert_eq(load_mode(buf, len, streamed, 1, count_entry, &c, &out, err, sizeof err),
-                         0, "%s", err);
+            cr_assert_eq(
+                load_mode(buf, len, streamed, 0, 1, count_entry, &c, &out, err, sizeof err), 0,
+                "%s", err);
             cr_assert_eq(c.calls, keydir_count(kds[k]));
             assert_same(kds[k], out);
             assert_same(out, kds[k]);
             /* and it is as compact as one thread's (the sorted fill held) */
             keydir *one = NULL;
-            cr_assert_eq(load_mode(buf, len, streamed, 0, NULL, NULL, &one, err, sizeof err), 0);
+            cr_assert_eq(load_mode(buf, len, streamed, 0, 0, NULL, NULL, &one, err, sizeof err), 0);
             cr_assert_eq(keydir_mem_bytes(out), keydir_mem_bytes(one));
             keydir_free(one);
             keydir_free(out);
@@ -939,19 +941,12 @@ Test(checkpoint, two_thread_load_reports_what_one_thread_does, .timeout = 120)
                 check_ctx c = {0, (w & REFUSE) ? 100000 : 0, 0};
                 keydir *sentinel = (keydir *)(uintptr_t)0x1, *out = sentinel;
                 errs[par][0] = '\0';
-                int rc;
-                if (w & READFAIL) { /* the read half way through the file fails */
-                    size_t par_min = ckpt_par_load_min;
-                    ckpt_par_load_min = par ? 1 : SIZE_MAX;
-                    memsrc m = {b, len, 0, (long)(len / (256 * 1024) / 2)};
-                    ckpt_reader r = {.size = len, .read = memsrc_read, .ctx = &m};
-                    ckpt_header h2;
-                    rc = ckpt_load(&r, &h2, &out, errs[par], sizeof errs[par]);
-                    ckpt_par_load_min = par_min;
-                } else {
-                    rc = load_mode(b, len, streamed, par, count_entry, &c, &out, errs[par],
-                                   sizeof errs[par]);
-                }
+                /* READFAIL: the read half way through the file fails */
+                int rc = (w & READFAIL)
+                             ? load_mode(b, len, 1, (long)(len / (256 * 1024) / 2), par, NULL,
+                                         NULL, &out, errs[par], sizeof errs[par])
+                             : load_mode(b, len, streamed, 0, par, count_entry, &c, &out,
+                                         errs[par], sizeof errs[par]);
                 cr_assert_eq(rc, -1, "case %zu%s%s accepted", ci, streamed ? " streamed" : "",
                              par ? " on two threads" : "");
                 cr_assert(out == sentinel);
